@@ -1,0 +1,346 @@
+//! ECDSA signing and verifying keys on NIST P-256 and P-384.
+//!
+//! CCF signs a Merkle root by treating the 32-byte root as an already computed SHA-256 digest
+//! ("prehashed"), whatever the curve; certificates and COSE messages are signed over their bytes
+//! with the hash that matches the curve (SHA-256 for P-256, SHA-384 for P-384).
+
+use crate::{CryptoError, Result};
+use ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
+use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use zeroize::Zeroizing;
+
+/// The elliptic curves ccl accepts for identities. Service and node keys are always P-384.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Curve {
+    P256,
+    P384,
+}
+
+impl Curve {
+    /// The COSE algorithm for this curve (ES256 = -7, ES384 = -35).
+    pub fn cose_algorithm(self) -> coset::iana::Algorithm {
+        match self {
+            Curve::P256 => coset::iana::Algorithm::ES256,
+            Curve::P384 => coset::iana::Algorithm::ES384,
+        }
+    }
+    /// The hash that goes with the curve for message signatures.
+    pub fn hash(self) -> HashAlg {
+        match self {
+            Curve::P256 => HashAlg::Sha256,
+            Curve::P384 => HashAlg::Sha384,
+        }
+    }
+}
+
+/// Hash functions used with ECDSA signatures over messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashAlg {
+    Sha256,
+    Sha384,
+}
+
+impl HashAlg {
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
+        let alg = match self {
+            HashAlg::Sha256 => &ring::digest::SHA256,
+            HashAlg::Sha384 => &ring::digest::SHA384,
+        };
+        ring::digest::digest(alg, data).as_ref().to_vec()
+    }
+}
+
+#[derive(Clone)]
+enum SigningInner {
+    P256(p256::ecdsa::SigningKey),
+    P384(p384::ecdsa::SigningKey),
+}
+
+/// A private ECDSA key. Its `Debug` output never shows the key.
+#[derive(Clone)]
+pub struct SigningKey {
+    inner: SigningInner,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({:?}, ..)", self.curve())
+    }
+}
+
+impl SigningKey {
+    /// Generates a fresh key on `curve` from the operating system's secure random source.
+    pub fn generate(curve: Curve) -> Result<Self> {
+        loop {
+            match curve {
+                Curve::P256 => {
+                    let bytes = Zeroizing::new(crate::random_array::<32>()?);
+                    if let Ok(k) = p256::ecdsa::SigningKey::from_slice(&bytes[..]) {
+                        return Ok(SigningKey { inner: SigningInner::P256(k) });
+                    }
+                }
+                Curve::P384 => {
+                    let bytes = Zeroizing::new(crate::random_array::<48>()?);
+                    if let Ok(k) = p384::ecdsa::SigningKey::from_slice(&bytes[..]) {
+                        return Ok(SigningKey { inner: SigningInner::P384(k) });
+                    }
+                }
+            }
+            // A random value outside the scalar range is astronomically rare: draw again.
+        }
+    }
+
+    /// Parses a PKCS#8 ("PRIVATE KEY") or SEC1 ("EC PRIVATE KEY") PEM block; when `pem` holds
+    /// several blocks (a certificate and its key in one file), the first key block is used.
+    pub fn from_pem(pem: &str) -> Result<Self> {
+        let blocks = pem::parse_many(pem).map_err(|e| CryptoError::InvalidPem(e.to_string()))?;
+        for b in blocks {
+            match b.tag() {
+                "PRIVATE KEY" => return Self::from_pkcs8_der(b.contents()),
+                "EC PRIVATE KEY" => {
+                    if let Ok(k) = p384::SecretKey::from_sec1_der(b.contents()) {
+                        return Ok(SigningKey { inner: SigningInner::P384(k.into()) });
+                    }
+                    if let Ok(k) = p256::SecretKey::from_sec1_der(b.contents()) {
+                        return Ok(SigningKey { inner: SigningInner::P256(k.into()) });
+                    }
+                    return Err(CryptoError::InvalidKey(
+                        "EC PRIVATE KEY is neither a P-256 nor a P-384 key".into(),
+                    ));
+                }
+                _ => continue,
+            }
+        }
+        Err(CryptoError::InvalidPem("no private key block found".into()))
+    }
+
+    /// Parses a PKCS#8 DER private key (P-256 or P-384).
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self> {
+        if let Ok(k) = p384::ecdsa::SigningKey::from_pkcs8_der(der) {
+            return Ok(SigningKey { inner: SigningInner::P384(k) });
+        }
+        if let Ok(k) = p256::ecdsa::SigningKey::from_pkcs8_der(der) {
+            return Ok(SigningKey { inner: SigningInner::P256(k) });
+        }
+        Err(CryptoError::InvalidKey("not a PKCS#8 P-256 or P-384 private key".into()))
+    }
+
+    /// The key as PKCS#8 DER (secret: keep it out of logs).
+    pub fn to_pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+        let doc = match &self.inner {
+            SigningInner::P256(k) => k.to_pkcs8_der(),
+            SigningInner::P384(k) => k.to_pkcs8_der(),
+        }
+        .expect("encoding a valid key to PKCS#8 cannot fail");
+        Zeroizing::new(doc.as_bytes().to_vec())
+    }
+
+    /// The key as a PKCS#8 PEM block (secret: keep it out of logs).
+    pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
+        let der = self.to_pkcs8_der();
+        Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", der.to_vec())))
+    }
+
+    pub fn curve(&self) -> Curve {
+        match self.inner {
+            SigningInner::P256(_) => Curve::P256,
+            SigningInner::P384(_) => Curve::P384,
+        }
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        match &self.inner {
+            SigningInner::P256(k) => VerifyingKey::P256(*k.verifying_key()),
+            SigningInner::P384(k) => VerifyingKey::P384(*k.verifying_key()),
+        }
+    }
+
+    /// Signs a digest computed elsewhere (CCF's root signatures: the 32-byte Merkle root).
+    /// Returns a DER-encoded ECDSA signature.
+    pub fn sign_prehashed(&self, digest: &[u8]) -> Result<Vec<u8>> {
+        let der = match &self.inner {
+            SigningInner::P256(k) => {
+                let s: p256::ecdsa::Signature = k
+                    .sign_prehash(digest)
+                    .map_err(|e| CryptoError::InvalidSignature(e.to_string()))?;
+                s.to_der().as_bytes().to_vec()
+            }
+            SigningInner::P384(k) => {
+                let s: p384::ecdsa::Signature = k
+                    .sign_prehash(digest)
+                    .map_err(|e| CryptoError::InvalidSignature(e.to_string()))?;
+                s.to_der().as_bytes().to_vec()
+            }
+        };
+        Ok(der)
+    }
+
+    /// Signs `msg` hashed with the curve's hash; returns the fixed-size r||s form used by COSE.
+    pub fn sign_raw(&self, msg: &[u8]) -> Vec<u8> {
+        use ecdsa::signature::Signer;
+        match &self.inner {
+            SigningInner::P256(k) => {
+                let s: p256::ecdsa::Signature = k.sign(msg);
+                s.to_bytes().to_vec()
+            }
+            SigningInner::P384(k) => {
+                let s: p384::ecdsa::Signature = k.sign(msg);
+                s.to_bytes().to_vec()
+            }
+        }
+    }
+
+    /// A key pair usable by rcgen to sign certificates.
+    pub(crate) fn rcgen_key_pair(&self) -> Result<rcgen::KeyPair> {
+        let alg = match self.curve() {
+            Curve::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            Curve::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        };
+        let der = self.to_pkcs8_der();
+        let pkd = rustls_pki_types::PrivatePkcs8KeyDer::from(&der[..]);
+        rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkd, alg)
+            .map_err(|e| CryptoError::InvalidKey(e.to_string()))
+    }
+}
+
+/// A public ECDSA key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VerifyingKey {
+    P256(p256::ecdsa::VerifyingKey),
+    P384(p384::ecdsa::VerifyingKey),
+}
+
+impl VerifyingKey {
+    /// Parses a DER SubjectPublicKeyInfo holding a P-256 or P-384 key.
+    pub fn from_spki_der(der: &[u8]) -> Result<Self> {
+        if let Ok(k) = p384::ecdsa::VerifyingKey::from_public_key_der(der) {
+            return Ok(VerifyingKey::P384(k));
+        }
+        if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_der(der) {
+            return Ok(VerifyingKey::P256(k));
+        }
+        Err(CryptoError::InvalidKey("not a P-256 or P-384 public key".into()))
+    }
+
+    /// Parses a PEM "PUBLIC KEY" block.
+    pub fn from_pem(pem_str: &str) -> Result<Self> {
+        let p = pem::parse(pem_str).map_err(|e| CryptoError::InvalidPem(e.to_string()))?;
+        if p.tag() != "PUBLIC KEY" {
+            return Err(CryptoError::InvalidPem(format!("expected PUBLIC KEY, found {}", p.tag())));
+        }
+        Self::from_spki_der(p.contents())
+    }
+
+    pub fn curve(&self) -> Curve {
+        match self {
+            VerifyingKey::P256(_) => Curve::P256,
+            VerifyingKey::P384(_) => Curve::P384,
+        }
+    }
+
+    /// The DER SubjectPublicKeyInfo of the key.
+    pub fn spki_der(&self) -> Vec<u8> {
+        match self {
+            VerifyingKey::P256(k) => k.to_public_key_der(),
+            VerifyingKey::P384(k) => k.to_public_key_der(),
+        }
+        .expect("encoding a valid public key cannot fail")
+        .as_bytes()
+        .to_vec()
+    }
+
+    /// The PEM "PUBLIC KEY" form.
+    pub fn to_pem(&self) -> String {
+        pem::encode(&pem::Pem::new("PUBLIC KEY", self.spki_der()))
+    }
+
+    /// Verifies a DER ECDSA signature over an already computed digest.
+    pub fn verify_prehashed(&self, digest: &[u8], sig_der: &[u8]) -> Result<()> {
+        let bad = |e: ecdsa::Error| CryptoError::InvalidSignature(e.to_string());
+        match self {
+            VerifyingKey::P256(k) => {
+                let s = p256::ecdsa::Signature::from_der(sig_der).map_err(bad)?;
+                k.verify_prehash(digest, &s).map_err(bad)
+            }
+            VerifyingKey::P384(k) => {
+                let s = p384::ecdsa::Signature::from_der(sig_der).map_err(bad)?;
+                k.verify_prehash(digest, &s).map_err(bad)
+            }
+        }
+    }
+
+    /// Verifies a DER ECDSA signature over `msg` hashed with `hash`.
+    pub fn verify_der(&self, msg: &[u8], sig_der: &[u8], hash: HashAlg) -> Result<()> {
+        self.verify_prehashed(&hash.digest(msg), sig_der)
+    }
+
+    /// Verifies a fixed-size r||s signature (COSE) over `msg` hashed with the curve's hash.
+    pub fn verify_raw(&self, msg: &[u8], sig: &[u8]) -> Result<()> {
+        let bad = |e: ecdsa::Error| CryptoError::InvalidSignature(e.to_string());
+        let digest = self.curve().hash().digest(msg);
+        match self {
+            VerifyingKey::P256(k) => {
+                let s = p256::ecdsa::Signature::from_slice(sig).map_err(bad)?;
+                k.verify_prehash(&digest, &s).map_err(bad)
+            }
+            VerifyingKey::P384(k) => {
+                let s = p384::ecdsa::Signature::from_slice(sig).map_err(bad)?;
+                k.verify_prehash(&digest, &s).map_err(bad)
+            }
+        }
+    }
+
+    /// The affine coordinates (x, y), big-endian, as COSE keys carry them.
+    pub fn affine_coordinates(&self) -> (Vec<u8>, Vec<u8>) {
+        let point = match self {
+            VerifyingKey::P256(k) => k.to_encoded_point(false).as_bytes().to_vec(),
+            VerifyingKey::P384(k) => k.to_encoded_point(false).as_bytes().to_vec(),
+        };
+        let n = (point.len() - 1) / 2;
+        (point[1..1 + n].to_vec(), point[1 + n..].to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prehashed_signatures_round_trip_on_both_curves() {
+        for curve in [Curve::P256, Curve::P384] {
+            let k = SigningKey::generate(curve).unwrap();
+            let root = crate::sha256(b"root");
+            let sig = k.sign_prehashed(&root).unwrap();
+            let vk = k.verifying_key();
+            vk.verify_prehashed(&root, &sig).unwrap();
+            let other = crate::sha256(b"other");
+            assert!(vk.verify_prehashed(&other, &sig).is_err());
+            assert!(vk.verify_prehashed(&root, &sig[1..]).is_err());
+            let vk2 = VerifyingKey::from_spki_der(&vk.spki_der()).unwrap();
+            assert_eq!(vk, vk2);
+            assert_eq!(vk2.curve(), curve);
+        }
+    }
+
+    #[test]
+    fn raw_signatures_and_pem_round_trip() {
+        for curve in [Curve::P256, Curve::P384] {
+            let k = SigningKey::generate(curve).unwrap();
+            let sig = k.sign_raw(b"message");
+            k.verifying_key().verify_raw(b"message", &sig).unwrap();
+            assert!(k.verifying_key().verify_raw(b"messagf", &sig).is_err());
+            let pem = k.to_pkcs8_pem();
+            let k2 = SigningKey::from_pem(&pem).unwrap();
+            assert_eq!(k.verifying_key(), k2.verifying_key());
+            assert!(!format!("{k:?}").contains(&hex::encode(&k.to_pkcs8_der()[..])));
+            k.rcgen_key_pair().unwrap();
+        }
+    }
+
+    #[test]
+    fn garbage_keys_are_refused() {
+        assert!(SigningKey::from_pem("not a pem").is_err());
+        assert!(SigningKey::from_pkcs8_der(&[0x30, 0x03, 0x02, 0x01, 0x00]).is_err());
+        assert!(VerifyingKey::from_spki_der(b"\x30\x00").is_err());
+    }
+}
