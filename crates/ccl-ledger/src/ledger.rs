@@ -272,6 +272,11 @@ impl Ledger {
         self.committed_seqno
     }
 
+    /// Whether there is an in-progress chunk with entries in it.
+    pub fn has_open_chunk(&self) -> bool {
+        self.current.as_ref().is_some_and(|c| !c.positions.is_empty())
+    }
+
     /// For an empty ledger: the seqno it starts at (a node that joined from a snapshot at `s`
     /// starts at `s + 1`).
     pub fn set_start(&mut self, first_seqno: u64) {

@@ -10,6 +10,8 @@ pub mod entry;
 pub mod ledger;
 pub mod merkle;
 pub mod secrets;
+pub mod snapshot;
+pub mod tables;
 pub mod txid;
 
 pub use txid::TxId;

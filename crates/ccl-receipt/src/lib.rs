@@ -1,0 +1,1 @@
+//! Receipts: see the crate description.
