@@ -387,10 +387,11 @@ impl Store {
         self.history.write().unwrap_or_else(|p| p.into_inner()).push_back(cur.clone());
     }
 
-    /// Forgets rollback states up to `version` (it is committed).
+    /// Forgets rollback states before `version` (it is committed; it stays, as the oldest state
+    /// a rollback may return to).
     pub fn compact(&self, version: u64) {
         let mut h = self.history.write().unwrap_or_else(|p| p.into_inner());
-        while h.front().is_some_and(|s| s.version <= version) {
+        while h.front().is_some_and(|s| s.version < version) {
             h.pop_front();
         }
     }

@@ -1,0 +1,482 @@
+//! The replica engine of ccl.
+//!
+//! An [`Engine`] owns a node's store, ledger and Merkle tree, and keeps them in step: every
+//! committed transaction becomes one ledger entry (public maps in the clear, private maps
+//! encrypted under the ledger secret) and one Merkle leaf; every `signature_interval_txs`
+//! transactions or `signature_interval` the engine writes a signature transaction (node signature
+//! and service COSE signature over the root, and the tree's frontier); every
+//! `snapshot_interval_txs` it writes a snapshot and its evidence.
+//!
+//! The engine is synchronous and single-writer (`&mut self`): callers serialise commits (the node
+//! holds it in a mutex). Reads that must not wait for the writer (receipts, historical reads, tx
+//! status) go through an [`EngineHandle`].
+//!
+//! Commit rule (CCF's): a transaction is committed once a signature transaction after it is
+//! committed. The engine learns what is durable or replicated from its caller
+//! ([`Engine::commit_up_to`]).
+
+mod handle;
+pub mod identity;
+mod recovery;
+
+pub use handle::{EngineHandle, HistoricalTx, ReceiptData, TxStatus};
+pub use identity::Identity;
+
+use ccl_crypto::{Digest32, cose, sha256};
+use ccl_ledger::entry::{MapWrites, TxMeta, encode_transaction};
+use ccl_ledger::ledger::{Ledger, LedgerError, SyncHandle};
+use ccl_ledger::merkle::MerkleError;
+use ccl_ledger::secrets::{LedgerSecret, LedgerSecrets};
+use ccl_ledger::snapshot::{SnapshotName, encode_snapshot};
+use ccl_ledger::tables::{self, NodeInfo, NodeStatus, PrimarySignature, ServiceInfo, ServiceStatus, SnapshotEvidence};
+use ccl_ledger::txid::TxId;
+use ccl_store::{Store, Tx, TxError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Default: a signature transaction at least every this many transactions...
+pub const DEFAULT_SIGNATURE_INTERVAL_TXS: u64 = 5000;
+/// ...and at least this often while there are unsigned transactions.
+pub const DEFAULT_SIGNATURE_INTERVAL: Duration = Duration::from_millis(100);
+/// Default: a snapshot at the first signature after this many transactions (0: never).
+pub const DEFAULT_SNAPSHOT_INTERVAL_TXS: u64 = 100_000;
+
+/// Subdirectories of a node's data directory.
+pub const LEDGER_DIR: &str = "ledger";
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+pub const MERKLE_DIR: &str = "merkle";
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub signature_interval_txs: u64,
+    pub signature_interval: Duration,
+    pub chunk_size: u64,
+    pub snapshot_interval_txs: u64,
+    /// Pages (4 KiB) of Merkle tree nodes cached in memory.
+    pub merkle_cache_pages: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            signature_interval_txs: DEFAULT_SIGNATURE_INTERVAL_TXS,
+            signature_interval: DEFAULT_SIGNATURE_INTERVAL,
+            chunk_size: ccl_ledger::ledger::DEFAULT_CHUNK_SIZE,
+            snapshot_interval_txs: DEFAULT_SNAPSHOT_INTERVAL_TXS,
+            merkle_cache_pages: ccl_ledger::merkle::DEFAULT_CACHE_PAGES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Tx(#[from] TxError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Merkle(#[from] MerkleError),
+    #[error("cryptography: {0}")]
+    Crypto(#[from] ccl_crypto::CryptoError),
+    #[error("transaction {0} is not committed yet")]
+    NotCommitted(u64),
+    #[error("no transaction at seqno {0}")]
+    NotFound(u64),
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("I/O on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |source| EngineError::Io { path: path.to_path_buf(), source }
+}
+
+/// A snapshot waiting for its evidence to be committed.
+struct PendingSnapshot {
+    seqno: u64,
+    evidence_seqno: u64,
+    bytes: Vec<u8>,
+}
+
+/// The writer side of a replica: see the crate documentation.
+pub struct Engine {
+    cfg: EngineConfig,
+    dir: PathBuf,
+    store: Arc<Store>,
+    ledger: Ledger,
+    shared: Arc<handle::Shared>,
+    identity: Arc<Identity>,
+    view: u64,
+    last_sig_seqno: u64,
+    last_sig_at: Instant,
+    txs_since_sig: u64,
+    buf: Vec<u8>,
+    pending_snapshots: Vec<PendingSnapshot>,
+    last_snapshot_seqno: u64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("dir", &self.dir).field("last_seqno", &self.last_seqno()).finish()
+    }
+}
+
+impl Engine {
+    /// Creates a new service in the empty data directory `dir`: the genesis transaction (service
+    /// info with status Opening and the service certificate, this node Trusted with its endorsed
+    /// certificate, plus whatever `genesis` writes), then a signature.
+    pub fn create(
+        dir: &Path,
+        cfg: EngineConfig,
+        identity: Identity,
+        secret: LedgerSecret,
+        genesis: impl FnOnce(&mut Tx) -> Result<(), TxError>,
+    ) -> Result<Engine, EngineError> {
+        let ledger_dir = dir.join(LEDGER_DIR);
+        if ledger_dir.exists() && std::fs::read_dir(&ledger_dir).map_err(io_err(&ledger_dir))?.next().is_some() {
+            return Err(EngineError::Invalid(format!("{} already holds a ledger", ledger_dir.display())));
+        }
+        let mut engine = recovery::open(dir, cfg, identity, LedgerSecrets::new(secret))?;
+        engine.view = 1;
+        engine.shared.current_view.store(1, Ordering::Release);
+        let id = engine.identity.clone();
+        let node_id = id.node_id();
+        let mut tx = engine.store.begin();
+        let info = ServiceInfo {
+            status: ServiceStatus::Opening,
+            cert: id.service_cert.pem(),
+            previous_service_identity_version: None,
+            recovery_count: 0,
+            service_data: serde_json::Value::Null,
+            current_service_create_txid: TxId::new(1, 1).to_string(),
+        };
+        tx.put(tables::SERVICE_INFO, &tables::SINGLETON_KEY, &json(&info))?;
+        let node = NodeInfo {
+            status: NodeStatus::Trusted,
+            public_key: id.node_key.verifying_key().to_pem(),
+            quote_info: serde_json::Value::Null,
+            rpc_address: String::new(),
+            node_data: serde_json::Value::Null,
+            retired_committed: false,
+            ledger_secret_seqno: 1,
+        };
+        tx.put(tables::NODES, node_id.as_bytes(), &json(&node))?;
+        tx.put(tables::ENDORSED_CERTIFICATES, node_id.as_bytes(), id.node_cert.pem().as_bytes())?;
+        genesis(&mut tx)?;
+        engine.commit(tx, None)?;
+        engine.emit_signature()?;
+        Ok(engine)
+    }
+
+    /// Opens an existing data directory: cuts a torn ledger tail, rebuilds the store (latest
+    /// snapshot, then the ledger after it) and the Merkle tree, and checks the tree against the
+    /// last signature. `secrets` must hold every ledger secret the ledger was written with.
+    pub fn open(dir: &Path, cfg: EngineConfig, identity: Identity, secrets: LedgerSecrets) -> Result<Engine, EngineError> {
+        recovery::open(dir, cfg, identity, secrets)
+    }
+
+    /// A cloneable, thread-safe handle for reads.
+    pub fn handle(&self) -> EngineHandle {
+        EngineHandle { shared: self.shared.clone(), store: self.store.clone() }
+    }
+
+    /// The store, to begin transactions.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    pub fn view(&self) -> u64 {
+        self.view
+    }
+
+    pub fn last_seqno(&self) -> u64 {
+        self.ledger.last_seqno()
+    }
+
+    pub fn committed_seqno(&self) -> u64 {
+        self.shared.committed.load(Ordering::Acquire)
+    }
+
+    pub fn last_signature_seqno(&self) -> u64 {
+        self.last_sig_seqno
+    }
+
+    /// Moves to a new view (a new term: after an election).
+    pub fn set_view(&mut self, view: u64) {
+        assert!(view >= self.view && view <= ccl_ledger::txid::MAX_VIEW);
+        self.view = view;
+        self.shared.current_view.store(view, Ordering::Release);
+    }
+
+    /// Commits a transaction: validates it, assigns it the next seqno, writes its ledger entry and
+    /// Merkle leaf. `claims_digest` binds application claims to the transaction's receipt.
+    pub fn commit(&mut self, tx: Tx, claims_digest: Option<Digest32>) -> Result<TxId, EngineError> {
+        if !tx.has_writes() {
+            return Err(EngineError::Invalid("a transaction with no writes is not recorded".into()));
+        }
+        let (seqno, ws) = self.store.commit(tx)?;
+        let r = self.append_write_set(seqno, &ws.map_writes(), claims_digest.unwrap_or([0u8; 32]), None);
+        if r.is_err() {
+            // The store moved but the ledger did not: undo the store, or nothing is consistent.
+            let _ = self.store.rollback(seqno - 1);
+        }
+        r
+    }
+
+    fn append_write_set(
+        &mut self,
+        seqno: u64,
+        maps: &[MapWrites<'_>],
+        claims_digest: Digest32,
+        signature: Option<bool>,
+    ) -> Result<TxId, EngineError> {
+        let txid = TxId::new(self.view, seqno);
+        let secrets = self.shared.secrets.read().unwrap_or_else(|p| p.into_inner());
+        let secret = secrets.latest().ok_or_else(|| EngineError::Invalid("no ledger secret".into()))?;
+        let meta = TxMeta {
+            txid,
+            claims_digest,
+            commit_evidence_digest: secret.commit_evidence_digest(txid),
+            max_conflict_version: seqno as i64 - 1,
+            flags: 0,
+        };
+        self.buf.clear();
+        encode_transaction(&mut self.buf, &meta, maps, secret.aead());
+        drop(secrets);
+        let ws = sha256(&self.buf);
+        let leaf = ccl_crypto::sha256_parts(&[&ws, &meta.commit_evidence_digest, &claims_digest]);
+        self.ledger.append(seqno, &self.buf, signature.is_some(), signature == Some(true))?;
+        self.shared.tree.lock().unwrap_or_else(|p| p.into_inner()).append(leaf)?;
+        self.shared.last_seqno.store(seqno, Ordering::Release);
+        self.shared.note_view(self.view, seqno);
+        if signature.is_some() {
+            self.shared.add_signature(seqno);
+            self.last_sig_seqno = seqno;
+            self.last_sig_at = Instant::now();
+            self.txs_since_sig = 0;
+        } else {
+            self.txs_since_sig += 1;
+        }
+        Ok(txid)
+    }
+
+    /// Whether a signature is due (enough transactions, or enough time with unsigned ones).
+    pub fn signature_due(&self, now: Instant) -> bool {
+        self.txs_since_sig >= self.cfg.signature_interval_txs
+            || (self.txs_since_sig > 0 && now.duration_since(self.last_sig_at) >= self.cfg.signature_interval)
+    }
+
+    /// Writes a signature transaction if one is due; returns its id.
+    pub fn maybe_emit_signature(&mut self, now: Instant) -> Result<Option<TxId>, EngineError> {
+        if self.signature_due(now) { self.emit_signature().map(Some) } else { Ok(None) }
+    }
+
+    /// Writes a signature transaction over the root of every transaction before it.
+    pub fn emit_signature(&mut self) -> Result<TxId, EngineError> {
+        self.signature(false)
+    }
+
+    /// Writes a signature transaction that also ends the current ledger chunk, so that everything
+    /// so far can become `.committed` files (at shutdown, say).
+    pub fn emit_signature_ending_chunk(&mut self) -> Result<TxId, EngineError> {
+        self.signature(true)
+    }
+
+    fn signature(&mut self, end_chunk: bool) -> Result<TxId, EngineError> {
+        let seqno = self.last_seqno() + 1;
+        let root = {
+            let tree = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner());
+            assert_eq!(tree.len(), seqno, "the tree holds a leaf for every seqno before the signature");
+            tree.root().expect("leaf 0 is always present")
+        };
+        let txid = TxId::new(self.view, seqno);
+        let id = self.identity.clone();
+        let committed = self.committed_seqno();
+        let sig = PrimarySignature {
+            seqno,
+            view: self.view,
+            commit_seqno: committed,
+            commit_view: self.shared.view_of(committed).unwrap_or(0),
+            node: id.node_id(),
+            root: hex::encode(root),
+            sig: b64(&id.node_key.sign_prehashed(&root)?),
+            cert: id.node_cert.pem(),
+        };
+        let cose_sig = cose::sign1(
+            &id.service_key,
+            &id.service_kid(),
+            vec![
+                // Verifiable data structure: CCF ledger, SHA-256 (draft-ietf-cose-merkle-tree-proofs).
+                (coset::Label::Int(395), cose::Value::Integer(2.into())),
+                (
+                    coset::Label::Text("ccf.v1".into()),
+                    cose::Value::Map(vec![(cose::Value::Text("txid".into()), cose::Value::Text(txid.to_string()))]),
+                ),
+            ],
+            &root,
+            true,
+        )?;
+        let frontier = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner()).frontier().to_bytes();
+        let cose_value = json(&b64(&cose_sig));
+        let sig_value = json(&sig);
+        let maps = [
+            MapWrites {
+                name: tables::COSE_SIGNATURES,
+                read_version: seqno - 1,
+                writes: vec![(&tables::SINGLETON_KEY, &cose_value)],
+                removes: vec![],
+            },
+            MapWrites {
+                name: tables::SIGNATURES,
+                read_version: seqno - 1,
+                writes: vec![(&tables::SINGLETON_KEY, &sig_value)],
+                removes: vec![],
+            },
+            MapWrites {
+                name: tables::TREE,
+                read_version: seqno - 1,
+                writes: vec![(&tables::SINGLETON_KEY, &frontier)],
+                removes: vec![],
+            },
+        ];
+        self.store.apply(seqno, &maps);
+        let txid = self.append_write_set(seqno, &maps, [0u8; 32], Some(end_chunk))?;
+        self.maybe_snapshot()?;
+        Ok(txid)
+    }
+
+    /// At a signature, writes a snapshot if one is due, with its evidence transaction.
+    fn maybe_snapshot(&mut self) -> Result<(), EngineError> {
+        let seqno = self.last_seqno();
+        if self.cfg.snapshot_interval_txs == 0 || seqno - self.last_snapshot_seqno < self.cfg.snapshot_interval_txs {
+            return Ok(());
+        }
+        self.snapshot_now()
+    }
+
+    /// Writes a snapshot of the state at the last transaction, which must be a signature.
+    pub fn snapshot_now(&mut self) -> Result<(), EngineError> {
+        let seqno = self.last_seqno();
+        if seqno != self.last_sig_seqno {
+            return Err(EngineError::Invalid("snapshots are taken at signature transactions".into()));
+        }
+        let state = self.store.state();
+        let txid = TxId::new(self.view, seqno);
+        let hash_at_snapshot = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner()).leaf(seqno)?;
+        let bytes = {
+            let secrets = self.shared.secrets.read().unwrap_or_else(|p| p.into_inner());
+            let secret = secrets.latest().ok_or_else(|| EngineError::Invalid("no ledger secret".into()))?;
+            encode_snapshot(txid, &hash_at_snapshot, &self.shared.view_history(), &state.snapshot_maps(), secret.aead())
+        };
+        let digest = sha256(&bytes);
+        let mut tx = self.store.begin();
+        let ev = SnapshotEvidence { hash: hex::encode(digest), version: seqno };
+        tx.put(tables::SNAPSHOT_EVIDENCE, &tables::SINGLETON_KEY, &json(&ev))?;
+        let evidence = self.commit(tx, Some(digest))?;
+        self.pending_snapshots.push(PendingSnapshot { seqno, evidence_seqno: evidence.seqno, bytes });
+        self.last_snapshot_seqno = seqno;
+        Ok(())
+    }
+
+    /// Writes out what was appended and returns a handle to fsync it outside any lock (group
+    /// commit: many transactions share one fsync).
+    pub fn sync_handle(&mut self) -> Result<SyncHandle, EngineError> {
+        Ok(self.ledger.sync_handle()?)
+    }
+
+    /// Writes out and fsyncs.
+    pub fn sync(&mut self) -> Result<u64, EngineError> {
+        Ok(self.ledger.sync()?)
+    }
+
+    /// Records that every entry up to `seqno` is durable on a majority: commits up to the last
+    /// signature at or before it. Returns the new commit seqno.
+    pub fn commit_up_to(&mut self, seqno: u64) -> Result<u64, EngineError> {
+        let sig = self.shared.last_signature_at_or_before(seqno);
+        if sig <= self.committed_seqno() {
+            return Ok(self.committed_seqno());
+        }
+        self.ledger.commit(sig)?;
+        self.store.compact(sig);
+        self.shared.committed.store(sig, Ordering::Release);
+        self.shared.tree.lock().unwrap_or_else(|p| p.into_inner()).flush()?;
+        self.write_committed_snapshots()?;
+        Ok(sig)
+    }
+
+    fn write_committed_snapshots(&mut self) -> Result<(), EngineError> {
+        let committed = self.committed_seqno();
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending_snapshots).into_iter().partition(|p| p.evidence_seqno < committed);
+        self.pending_snapshots = waiting;
+        for p in ready {
+            let receipt = self.handle().receipt(p.evidence_seqno)?;
+            let mut bytes = p.bytes;
+            bytes.extend_from_slice(receipt.to_ccf_json().to_string().as_bytes());
+            let dir = self.dir.join(SNAPSHOTS_DIR);
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let name = SnapshotName { seqno: p.seqno, evidence_seqno: p.evidence_seqno, committed: true };
+            let path = dir.join(name.file_name());
+            let tmp = dir.join(format!(".{}.tmp", name.file_name()));
+            std::fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+            std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
+            tracing::info!(snapshot = %path.display(), "snapshot committed");
+        }
+        Ok(())
+    }
+
+    /// Rolls back every transaction after `seqno` (an uncommitted suffix).
+    pub fn rollback(&mut self, seqno: u64) -> Result<(), EngineError> {
+        if seqno < self.committed_seqno() {
+            return Err(EngineError::Invalid(format!("cannot roll back committed seqno {seqno}")));
+        }
+        self.ledger.truncate(seqno)?;
+        self.store.rollback(seqno).map_err(EngineError::Corrupt)?;
+        self.shared.tree.lock().unwrap_or_else(|p| p.into_inner()).truncate(seqno + 1)?;
+        self.shared.truncate(seqno);
+        self.last_sig_seqno = self.shared.last_signature_at_or_before(seqno);
+        self.pending_snapshots.retain(|p| p.evidence_seqno <= seqno);
+        self.txs_since_sig = seqno - self.last_sig_seqno;
+        Ok(())
+    }
+
+    /// Starts a new ledger secret for transactions from the next seqno on (rekey).
+    pub fn rekey(&mut self, secret: LedgerSecret) {
+        let next = self.last_seqno() + 1;
+        self.shared.secrets.write().unwrap_or_else(|p| p.into_inner()).push(next, secret);
+    }
+
+    /// Ends the ledger cleanly: a final signature that completes the chunk, everything fsynced.
+    /// Returns the last seqno; the caller commits it (a single node: at once).
+    pub fn finish(&mut self) -> Result<u64, EngineError> {
+        if self.ledger.has_open_chunk() {
+            self.emit_signature_ending_chunk()?;
+        }
+        let last = self.sync()?;
+        self.shared.tree.lock().unwrap_or_else(|p| p.into_inner()).flush()?;
+        Ok(last)
+    }
+}
+
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("serialising plain data to JSON cannot fail")
+}
+
+pub(crate) fn b64(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[cfg(test)]
+mod tests;

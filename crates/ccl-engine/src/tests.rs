@@ -1,0 +1,311 @@
+use super::*;
+use ccl_crypto::cert::Certificate;
+use ccl_ledger::secrets::LedgerSecret;
+use std::time::Duration;
+
+const SECRET: [u8; 32] = [7u8; 32];
+
+fn cfg() -> EngineConfig {
+    EngineConfig {
+        signature_interval_txs: 10,
+        signature_interval: Duration::from_secs(3600),
+        chunk_size: 4096,
+        snapshot_interval_txs: 0,
+        merkle_cache_pages: 4,
+    }
+}
+
+fn secrets() -> LedgerSecrets {
+    LedgerSecrets::new(LedgerSecret::from_bytes(SECRET))
+}
+
+fn new_engine(dir: &Path, cfg: EngineConfig) -> (Engine, Identity) {
+    let id = Identity::generate(&["localhost".into()]).expect("identity");
+    let e = Engine::create(dir, cfg, id.clone(), LedgerSecret::from_bytes(SECRET), |_| Ok(())).expect("create");
+    (e, id)
+}
+
+/// Commits `n` transactions writing a public and a private value each; signs as configured.
+fn write(e: &mut Engine, from: usize, n: usize) {
+    for i in from..from + n {
+        let mut tx = e.store().begin();
+        tx.put("public:records", format!("k{i:06}").as_bytes(), format!("public value {i}").as_bytes()).unwrap();
+        tx.put("records", format!("k{i:06}").as_bytes(), format!("PRIVATE-PLAINTEXT-{i}").as_bytes()).unwrap();
+        let claims = (i % 3 == 0).then(|| sha256(format!("claims {i}").as_bytes()));
+        e.commit(tx, claims).unwrap();
+        e.maybe_emit_signature(Instant::now()).unwrap();
+    }
+}
+
+fn check_receipt(r: &ReceiptData, service: &Certificate) {
+    let cert = Certificate::from_pem(&r.cert).unwrap();
+    cert.verify_issued_by(service).expect("node certificate endorsed by the service");
+    cert.public_key().unwrap().verify_prehashed(&r.root(), &r.signature).expect("signature over the root");
+    assert_eq!(r.node_id, hex::encode(cert.key_id()));
+}
+
+#[test]
+fn receipts_verify_and_bind_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, id) = new_engine(dir.path(), cfg());
+    write(&mut e, 0, 95);
+    let last = e.finish().unwrap();
+    assert_eq!(e.commit_up_to(last).unwrap(), last);
+    let h = e.handle();
+    let mut sigs = 1; // the last transaction: a signature with no later one to prove it
+    assert!(h.receipt(last).is_err());
+    for s in 1..last {
+        let r = h.receipt(s).unwrap();
+        check_receipt(&r, &id.service_cert);
+        assert_eq!(r.txid.seqno, s);
+        assert!(r.signature_seqno > s);
+        let tx = h.read_transaction(s).unwrap();
+        assert_eq!(r.write_set_digest, tx.write_set_digest);
+        if let Some(v) = tx.written("records", b"k000003") {
+            assert_eq!(v, b"PRIVATE-PLAINTEXT-3");
+            assert_eq!(r.claims_digest, sha256(b"claims 3"));
+        }
+        if tx.maps.iter().any(|m| m.name == tables::SIGNATURES) {
+            sigs += 1;
+        }
+        // A different claims digest gives a different root: the signature no longer holds.
+        let mut forged = r.clone();
+        forged.claims_digest[0] ^= 1;
+        assert!(Certificate::from_pem(&r.cert).unwrap().public_key().unwrap().verify_prehashed(&forged.root(), &r.signature).is_err());
+    }
+    // genesis, 95 writes, signature after genesis and every 10 writes, and the final one.
+    assert_eq!(sigs, 1 + 9 + 1);
+    assert!(matches!(h.receipt(last + 1), Err(EngineError::NotCommitted(_))));
+    assert!(matches!(h.receipt(0), Err(EngineError::NotFound(0))));
+}
+
+#[test]
+fn uncommitted_transactions_have_no_receipt_and_pending_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, _) = new_engine(dir.path(), cfg());
+    let synced = e.sync().unwrap();
+    let committed = e.commit_up_to(synced).unwrap();
+    write(&mut e, 0, 3);
+    let h = e.handle();
+    let t = TxId::new(1, committed + 1);
+    assert_eq!(h.tx_status(t), TxStatus::Pending);
+    assert!(matches!(h.receipt(committed + 1), Err(EngineError::NotCommitted(_))));
+    assert_eq!(h.tx_status(TxId::new(2, committed + 1)), TxStatus::Unknown);
+    e.emit_signature().unwrap();
+    let synced = e.sync().unwrap();
+    e.commit_up_to(synced).unwrap();
+    assert_eq!(h.tx_status(t), TxStatus::Committed);
+    assert_eq!(h.tx_status(TxId::new(0, committed + 1)), TxStatus::Invalid);
+    h.receipt(committed + 1).unwrap();
+}
+
+#[test]
+fn reopen_replays_state_and_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, id) = new_engine(dir.path(), cfg());
+    write(&mut e, 0, 57);
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    let before: Vec<_> = (1..last).map(|s| e.handle().receipt(s).unwrap()).collect();
+    let state = e.store().state();
+    drop(e);
+    let mut e = Engine::open(dir.path(), cfg(), id.clone(), secrets()).unwrap();
+    assert_eq!(e.last_seqno(), last);
+    assert_eq!(e.committed_seqno(), last);
+    assert_eq!(e.store().state().get("records", b"k000056").unwrap().value, state.get("records", b"k000056").unwrap().value);
+    for (s, r) in (1..last).zip(&before) {
+        assert_eq!(&e.handle().receipt(s).unwrap(), r);
+    }
+    // Continues where it stopped.
+    write(&mut e, 57, 5);
+    let last2 = e.finish().unwrap();
+    e.commit_up_to(last2).unwrap();
+    check_receipt(&e.handle().receipt(last2 - 1).unwrap(), &id.service_cert);
+}
+
+#[test]
+fn lost_merkle_store_is_rebuilt_from_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, id) = new_engine(dir.path(), cfg());
+    write(&mut e, 0, 40);
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    let r = e.handle().receipt(17).unwrap();
+    drop(e);
+    // Damage: scribble over level 0, then lose the whole directory.
+    let l0 = dir.path().join(MERKLE_DIR).join("level_00.bin");
+    let mut b = std::fs::read(&l0).unwrap();
+    let n = b.len();
+    b[n - 40] ^= 0xff;
+    std::fs::write(&l0, &b).unwrap();
+    let e = Engine::open(dir.path(), cfg(), id.clone(), secrets()).unwrap();
+    assert_eq!(e.handle().receipt(17).unwrap(), r);
+    drop(e);
+    std::fs::remove_dir_all(dir.path().join(MERKLE_DIR)).unwrap();
+    let e = Engine::open(dir.path(), cfg(), id, secrets()).unwrap();
+    assert_eq!(e.handle().receipt(17).unwrap(), r);
+}
+
+#[test]
+fn torn_tail_is_cut_and_rest_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, id) = new_engine(dir.path(), cfg());
+    write(&mut e, 0, 23);
+    e.sync().unwrap();
+    let last = e.last_seqno();
+    drop(e);
+    let ledger = dir.path().join(LEDGER_DIR);
+    let open_chunk = std::fs::read_dir(&ledger)
+        .unwrap()
+        .flatten()
+        .map(|d| d.path())
+        .find(|p| !p.to_string_lossy().contains('-'))
+        .expect("an in-progress chunk");
+    let mut b = std::fs::read(&open_chunk).unwrap();
+    let n = b.len();
+    b[n - 3] ^= 0x55; // inside the last entry's ciphertext / tag region
+    std::fs::write(&open_chunk, &b).unwrap();
+    let e = Engine::open(dir.path(), cfg(), id, secrets()).unwrap();
+    assert_eq!(e.last_seqno(), last - 1, "exactly the damaged last entry is cut");
+    assert!(e.store().state().get("records", format!("k{:06}", 21).as_bytes()).is_some());
+}
+
+#[test]
+fn private_plaintext_never_reaches_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg();
+    c.snapshot_interval_txs = 20;
+    let (mut e, _) = new_engine(dir.path(), c);
+    write(&mut e, 0, 60);
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    // One more round so the snapshot evidence is committed and snapshot files are written.
+    write(&mut e, 60, 1);
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    let snaps: Vec<_> = std::fs::read_dir(dir.path().join(SNAPSHOTS_DIR)).unwrap().flatten().collect();
+    assert!(!snaps.is_empty(), "snapshots were written");
+    let mut seen_public = false;
+    for d in walk(dir.path()) {
+        let b = std::fs::read(&d).unwrap();
+        assert!(!contains(&b, b"PRIVATE-PLAINTEXT"), "plaintext in {}", d.display());
+        seen_public |= contains(&b, b"public value 5");
+    }
+    assert!(seen_public, "the scan does see plaintext of public maps");
+}
+
+fn walk(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(p).unwrap().flatten() {
+        if d.path().is_dir() { out.extend(walk(&d.path())) } else { out.push(d.path()) }
+    }
+    out
+}
+
+fn contains(h: &[u8], n: &[u8]) -> bool {
+    h.windows(n.len()).any(|w| w == n)
+}
+
+#[test]
+fn snapshots_serve_historical_state_and_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg();
+    c.snapshot_interval_txs = 25;
+    let (mut e, id) = new_engine(dir.path(), c.clone());
+    write(&mut e, 0, 80);
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    let h = e.handle();
+    // Committed history is compacted from the store: state_at rebuilds from snapshot + ledger.
+    for s in [5, 30, 31, 57, last] {
+        let st = h.state_at(s).unwrap();
+        assert_eq!(st.version(), s);
+    }
+    let st = h.state_at(40).unwrap();
+    let n = st.map("records").map_or(0, |m| m.len());
+    let later = h.state_at(last).unwrap().map("records").unwrap().len();
+    assert!(n > 0 && n < later);
+    drop(e);
+    // Recovery starts from the latest snapshot and ends in the same state.
+    let e = Engine::open(dir.path(), c, id, secrets()).unwrap();
+    assert_eq!(e.store().state().map("records").unwrap().len(), later);
+    assert!(e.last_snapshot_seqno > 0);
+}
+
+#[test]
+fn rollback_of_uncommitted_suffix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, id) = new_engine(dir.path(), cfg());
+    write(&mut e, 0, 12);
+    e.emit_signature().unwrap();
+    let keep = e.sync().unwrap();
+    e.commit_up_to(keep).unwrap();
+    write(&mut e, 100, 14);
+    assert!(e.rollback(keep - 1).is_err(), "committed transactions cannot be rolled back");
+    e.rollback(keep).unwrap();
+    assert_eq!(e.last_seqno(), keep);
+    assert!(e.store().state().get("records", b"k000100").is_none());
+    write(&mut e, 200, 3);
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    check_receipt(&e.handle().receipt(keep + 1).unwrap(), &id.service_cert);
+    drop(e);
+    let e = Engine::open(dir.path(), cfg(), id, secrets()).unwrap();
+    assert!(e.store().state().get("records", b"k000100").is_none());
+    assert!(e.store().state().get("records", b"k000201").is_some());
+}
+
+#[test]
+fn rekey_encrypts_later_entries_under_the_new_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, id) = new_engine(dir.path(), cfg());
+    write(&mut e, 0, 5);
+    let second = LedgerSecret::from_bytes([9u8; 32]);
+    e.rekey(LedgerSecret::from_bytes([9u8; 32]));
+    let from = e.last_seqno() + 1;
+    write(&mut e, 5, 5);
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    drop(e);
+    // Without the second secret, the entries after the rekey do not authenticate: they are
+    // treated as a torn tail of the in-progress chunk or refused.
+    let mut both = secrets();
+    both.push(from, second);
+    let e = Engine::open(dir.path(), cfg(), id, both).unwrap();
+    assert_eq!(e.last_seqno(), last);
+    assert_eq!(e.handle().read_transaction(from).unwrap().written("records", b"k000005").unwrap(), b"PRIVATE-PLAINTEXT-5");
+}
+
+#[test]
+fn signature_interval_by_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg();
+    c.signature_interval_txs = 1_000_000;
+    c.signature_interval = Duration::from_millis(20);
+    let (mut e, _) = new_engine(dir.path(), c);
+    let mut tx = e.store().begin();
+    tx.put("public:t", b"k", b"v").unwrap();
+    e.commit(tx, None).unwrap();
+    assert!(!e.signature_due(Instant::now()));
+    assert!(e.signature_due(Instant::now() + Duration::from_millis(25)));
+    assert!(e.maybe_emit_signature(Instant::now() + Duration::from_millis(25)).unwrap().is_some());
+    assert!(!e.signature_due(Instant::now() + Duration::from_secs(10)), "nothing unsigned");
+}
+
+#[test]
+fn empty_transactions_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, _) = new_engine(dir.path(), cfg());
+    let before = e.last_seqno();
+    let tx = e.store().begin();
+    assert!(matches!(e.commit(tx, None), Err(EngineError::Invalid(_))));
+    assert_eq!(e.last_seqno(), before);
+}
+
+#[test]
+fn create_refuses_an_existing_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, id) = new_engine(dir.path(), cfg());
+    drop(e);
+    assert!(Engine::create(dir.path(), cfg(), id, LedgerSecret::from_bytes(SECRET), |_| Ok(())).is_err());
+}
