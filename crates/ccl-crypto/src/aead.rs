@@ -78,16 +78,30 @@ mod tests {
         assert!(key.open(iv, b"header", &mut bad, &tag).is_err());
         let mut bad_tag = tag;
         bad_tag[15] ^= 0x80;
-        assert!(key.open(iv, b"header", &mut data.clone(), &bad_tag).is_err());
-        assert!(key.open([2u8; 12], b"header", &mut data.clone(), &tag).is_err());
-        assert!(AesGcmKey::new(&[8u8; 32]).open(iv, b"header", &mut data.clone(), &tag).is_err());
+        assert!(
+            key.open(iv, b"header", &mut data.clone(), &bad_tag)
+                .is_err()
+        );
+        assert!(
+            key.open([2u8; 12], b"header", &mut data.clone(), &tag)
+                .is_err()
+        );
+        assert!(
+            AesGcmKey::new(&[8u8; 32])
+                .open(iv, b"header", &mut data.clone(), &tag)
+                .is_err()
+        );
     }
 
     #[test]
     fn empty_plaintext_still_authenticates_aad() {
         let key = AesGcmKey::new(&[9u8; 32]);
         let tag = key.seal([0u8; 12], b"public domain", &mut []);
-        key.open([0u8; 12], b"public domain", &mut [], &tag).unwrap();
-        assert!(key.open([0u8; 12], b"public domomain", &mut [], &tag).is_err());
+        key.open([0u8; 12], b"public domain", &mut [], &tag)
+            .unwrap();
+        assert!(
+            key.open([0u8; 12], b"public domomain", &mut [], &tag)
+                .is_err()
+        );
     }
 }

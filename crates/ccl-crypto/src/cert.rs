@@ -134,7 +134,9 @@ impl Certificate {
     /// Checks that `key` signed this certificate.
     pub fn verify_signed_by_key(&self, key: &VerifyingKey) -> Result<()> {
         let hash = self.signature_hash.ok_or_else(|| {
-            CryptoError::InvalidCertificate("signature algorithm is not ECDSA with SHA-256/384".into())
+            CryptoError::InvalidCertificate(
+                "signature algorithm is not ECDSA with SHA-256/384".into(),
+            )
         })?;
         key.verify_der(&self.der[self.tbs.clone()], &self.signature, hash)
     }
@@ -188,8 +190,10 @@ fn params_for(spec: &CertSpec) -> Result<CertificateParams> {
         CertKind::Node => {
             params.is_ca = IsCa::ExplicitNoCa;
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages =
-                vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
         }
         CertKind::Client => {
             params.is_ca = IsCa::ExplicitNoCa;
@@ -221,7 +225,9 @@ pub fn issue(
     let generation = |e: rcgen::Error| CryptoError::Generation(e.to_string());
     let kp = issuer_key.rcgen_key_pair()?;
     if issuer_key.verifying_key().spki_der() != issuer.spki_der() {
-        return Err(CryptoError::Generation("issuer key does not match issuer certificate".into()));
+        return Err(CryptoError::Generation(
+            "issuer key does not match issuer certificate".into(),
+        ));
     }
     let issuer_der = rustls_pki_types::CertificateDer::from(issuer.der());
     let rc_issuer = Issuer::from_ca_cert_der(&issuer_der, kp).map_err(generation)?;
@@ -257,8 +263,13 @@ mod tests {
         assert!(service.is_ca());
         service.verify_issued_by(&service).unwrap();
         let node_key = SigningKey::generate(Curve::P384).unwrap();
-        let node = issue(&node_key.verifying_key(), &spec(CertKind::Node), &service_key, &service)
-            .unwrap();
+        let node = issue(
+            &node_key.verifying_key(),
+            &spec(CertKind::Node),
+            &service_key,
+            &service,
+        )
+        .unwrap();
         assert!(!node.is_ca());
         node.verify_issued_by(&service).unwrap();
         assert_eq!(node.public_key().unwrap(), node_key.verifying_key());
@@ -271,7 +282,15 @@ mod tests {
         assert!(node.is_valid_at(now_unix()));
         assert!(!node.is_valid_at(now_unix() + 31 * 86400));
         // A wrong issuer key is refused at generation.
-        assert!(issue(&node_key.verifying_key(), &spec(CertKind::Node), &other_key, &service).is_err());
+        assert!(
+            issue(
+                &node_key.verifying_key(),
+                &spec(CertKind::Node),
+                &other_key,
+                &service
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -280,13 +299,19 @@ mod tests {
         let cert = self_signed(&key, &spec(CertKind::Client)).unwrap();
         let bundle = format!("{}{}", cert.pem(), &*key.to_pkcs8_pem());
         assert_eq!(Certificate::from_pem(&bundle).unwrap(), cert);
-        assert_eq!(SigningKey::from_pem(&bundle).unwrap().verifying_key(), key.verifying_key());
+        assert_eq!(
+            SigningKey::from_pem(&bundle).unwrap().verifying_key(),
+            key.verifying_key()
+        );
     }
 
     #[test]
     fn garbage_is_refused() {
         assert!(Certificate::from_der(b"garbage").is_err());
-        assert!(Certificate::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
+        assert!(
+            Certificate::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+                .is_err()
+        );
         assert!(Certificate::from_pem("").is_err());
     }
 }

@@ -113,14 +113,20 @@ mod tests {
             let key = SigningKey::generate(curve).unwrap();
             let vk = key.verifying_key();
             let extra = vec![
-                (Label::Text("ccf.gov.msg.type".into()), Value::Text("proposal".into())),
+                (
+                    Label::Text("ccf.gov.msg.type".into()),
+                    Value::Text("proposal".into()),
+                ),
                 (Label::Int(395), Value::Integer(2.into())),
             ];
             let m = sign1(&key, b"kid", extra.clone(), b"payload", false).unwrap();
             let p = Sign1::parse(&m).unwrap();
             assert_eq!(p.payload(), Some(&b"payload"[..]));
             assert_eq!(p.kid(), b"kid");
-            assert_eq!(p.text_header("ccf.gov.msg.type"), Some(&Value::Text("proposal".into())));
+            assert_eq!(
+                p.text_header("ccf.gov.msg.type"),
+                Some(&Value::Text("proposal".into()))
+            );
             assert_eq!(p.int_header(395), Some(&Value::Integer(2.into())));
             p.verify(&vk, None).unwrap();
 

@@ -76,13 +76,17 @@ impl SigningKey {
                 Curve::P256 => {
                     let bytes = Zeroizing::new(crate::random_array::<32>()?);
                     if let Ok(k) = p256::ecdsa::SigningKey::from_slice(&bytes[..]) {
-                        return Ok(SigningKey { inner: SigningInner::P256(k) });
+                        return Ok(SigningKey {
+                            inner: SigningInner::P256(k),
+                        });
                     }
                 }
                 Curve::P384 => {
                     let bytes = Zeroizing::new(crate::random_array::<48>()?);
                     if let Ok(k) = p384::ecdsa::SigningKey::from_slice(&bytes[..]) {
-                        return Ok(SigningKey { inner: SigningInner::P384(k) });
+                        return Ok(SigningKey {
+                            inner: SigningInner::P384(k),
+                        });
                     }
                 }
             }
@@ -99,10 +103,14 @@ impl SigningKey {
                 "PRIVATE KEY" => return Self::from_pkcs8_der(b.contents()),
                 "EC PRIVATE KEY" => {
                     if let Ok(k) = p384::SecretKey::from_sec1_der(b.contents()) {
-                        return Ok(SigningKey { inner: SigningInner::P384(k.into()) });
+                        return Ok(SigningKey {
+                            inner: SigningInner::P384(k.into()),
+                        });
                     }
                     if let Ok(k) = p256::SecretKey::from_sec1_der(b.contents()) {
-                        return Ok(SigningKey { inner: SigningInner::P256(k.into()) });
+                        return Ok(SigningKey {
+                            inner: SigningInner::P256(k.into()),
+                        });
                     }
                     return Err(CryptoError::InvalidKey(
                         "EC PRIVATE KEY is neither a P-256 nor a P-384 key".into(),
@@ -117,12 +125,18 @@ impl SigningKey {
     /// Parses a PKCS#8 DER private key (P-256 or P-384).
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self> {
         if let Ok(k) = p384::ecdsa::SigningKey::from_pkcs8_der(der) {
-            return Ok(SigningKey { inner: SigningInner::P384(k) });
+            return Ok(SigningKey {
+                inner: SigningInner::P384(k),
+            });
         }
         if let Ok(k) = p256::ecdsa::SigningKey::from_pkcs8_der(der) {
-            return Ok(SigningKey { inner: SigningInner::P256(k) });
+            return Ok(SigningKey {
+                inner: SigningInner::P256(k),
+            });
         }
-        Err(CryptoError::InvalidKey("not a PKCS#8 P-256 or P-384 private key".into()))
+        Err(CryptoError::InvalidKey(
+            "not a PKCS#8 P-256 or P-384 private key".into(),
+        ))
     }
 
     /// The key as PKCS#8 DER (secret: keep it out of logs).
@@ -158,6 +172,8 @@ impl SigningKey {
     /// Signs a digest computed elsewhere (CCF's root signatures: the 32-byte Merkle root).
     /// Returns a DER-encoded ECDSA signature.
     pub fn sign_prehashed(&self, digest: &[u8]) -> Result<Vec<u8>> {
+        let padded = left_pad(digest, self.curve());
+        let digest = &padded[..];
         let der = match &self.inner {
             SigningInner::P256(k) => {
                 let s: p256::ecdsa::Signature = k
@@ -219,14 +235,19 @@ impl VerifyingKey {
         if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_der(der) {
             return Ok(VerifyingKey::P256(k));
         }
-        Err(CryptoError::InvalidKey("not a P-256 or P-384 public key".into()))
+        Err(CryptoError::InvalidKey(
+            "not a P-256 or P-384 public key".into(),
+        ))
     }
 
     /// Parses a PEM "PUBLIC KEY" block.
     pub fn from_pem(pem_str: &str) -> Result<Self> {
         let p = pem::parse(pem_str).map_err(|e| CryptoError::InvalidPem(e.to_string()))?;
         if p.tag() != "PUBLIC KEY" {
-            return Err(CryptoError::InvalidPem(format!("expected PUBLIC KEY, found {}", p.tag())));
+            return Err(CryptoError::InvalidPem(format!(
+                "expected PUBLIC KEY, found {}",
+                p.tag()
+            )));
         }
         Self::from_spki_der(p.contents())
     }
@@ -257,6 +278,8 @@ impl VerifyingKey {
     /// Verifies a DER ECDSA signature over an already computed digest.
     pub fn verify_prehashed(&self, digest: &[u8], sig_der: &[u8]) -> Result<()> {
         let bad = |e: ecdsa::Error| CryptoError::InvalidSignature(e.to_string());
+        let padded = left_pad(digest, self.curve());
+        let digest = &padded[..];
         match self {
             VerifyingKey::P256(k) => {
                 let s = p256::ecdsa::Signature::from_der(sig_der).map_err(bad)?;
@@ -299,6 +322,23 @@ impl VerifyingKey {
         let n = (point.len() - 1) / 2;
         (point[1..1 + n].to_vec(), point[1 + n..].to_vec())
     }
+}
+
+/// A digest shorter than the curve's field, as the integer it stands for in a field-sized buffer
+/// (zeros on the left). X9.62 and OpenSSL read a short digest as that integer; RustCrypto's
+/// `bits2field` pads on the right instead, which would make P-384 signatures over 32-byte
+/// digests (CCF's Merkle roots) unverifiable by everyone else.
+fn left_pad(digest: &[u8], curve: Curve) -> Vec<u8> {
+    let field = match curve {
+        Curve::P256 => 32,
+        Curve::P384 => 48,
+    };
+    if digest.len() >= field {
+        return digest.to_vec();
+    }
+    let mut out = vec![0u8; field - digest.len()];
+    out.extend_from_slice(digest);
+    out
 }
 
 #[cfg(test)]

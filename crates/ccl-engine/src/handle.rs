@@ -44,13 +44,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(reader: LedgerReader, tree: MerkleTree, secrets: LedgerSecrets, first_seqno: u64, dir: PathBuf) -> Self {
+    pub fn new(
+        reader: LedgerReader,
+        tree: MerkleTree,
+        secrets: LedgerSecrets,
+        first_seqno: u64,
+        dir: PathBuf,
+    ) -> Self {
         Shared {
             reader,
             tree: Mutex::new(tree),
             secrets: RwLock::new(secrets),
             sigs: RwLock::new(Vec::new()),
-            sig_cache: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(SIGNATURE_CACHE).expect("non-zero"))),
+            sig_cache: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(SIGNATURE_CACHE).expect("non-zero"),
+            )),
             views: RwLock::new(Vec::new()),
             last_noted_view: AtomicU64::new(0),
             committed: AtomicU64::new(0),
@@ -67,7 +75,10 @@ impl Shared {
         }
         let mut v = self.views.write().unwrap_or_else(|p| p.into_inner());
         if v.last().map(|l| l.0) != Some(view) {
-            assert!(v.last().is_none_or(|l| l.0 < view && l.1 < seqno), "views and seqnos only grow");
+            assert!(
+                v.last().is_none_or(|l| l.0 < view && l.1 < seqno),
+                "views and seqnos only grow"
+            );
             v.push((view, seqno));
         }
         self.last_noted_view.store(view, Ordering::Relaxed);
@@ -87,7 +98,9 @@ impl Shared {
     /// has transactions).
     pub fn view_history(&self) -> Vec<u64> {
         let v = self.views.read().unwrap_or_else(|p| p.into_inner());
-        let Some(&(max, _)) = v.last() else { return Vec::new() };
+        let Some(&(max, _)) = v.last() else {
+            return Vec::new();
+        };
         (0..=max)
             .map(|view| v.iter().find(|(w, _)| *w >= view).map_or(0, |(_, s)| *s))
             .collect()
@@ -112,7 +125,10 @@ impl Shared {
     }
 
     pub fn add_signature(&self, seqno: u64) {
-        self.sigs.write().unwrap_or_else(|p| p.into_inner()).push(seqno);
+        self.sigs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(seqno);
     }
 
     pub fn last_signature_at_or_before(&self, seqno: u64) -> u64 {
@@ -128,20 +144,33 @@ impl Shared {
 
     /// Forgets everything after `seqno` (rollback).
     pub fn truncate(&self, seqno: u64) {
-        self.sigs.write().unwrap_or_else(|p| p.into_inner()).retain(|s| *s <= seqno);
+        self.sigs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| *s <= seqno);
         let mut v = self.views.write().unwrap_or_else(|p| p.into_inner());
         v.retain(|(_, s)| *s <= seqno);
-        self.last_noted_view.store(v.last().map_or(0, |l| l.0), Ordering::Relaxed);
+        self.last_noted_view
+            .store(v.last().map_or(0, |l| l.0), Ordering::Relaxed);
         self.last_seqno.store(seqno, Ordering::Release);
         let mut cache = self.sig_cache.lock().unwrap_or_else(|p| p.into_inner());
-        let stale: Vec<u64> = cache.iter().map(|(k, _)| *k).filter(|k| *k > seqno).collect();
+        let stale: Vec<u64> = cache
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| *k > seqno)
+            .collect();
         for k in stale {
             cache.pop(&k);
         }
     }
 
     fn signature(&self, seqno: u64) -> Result<Arc<SigInfo>, EngineError> {
-        if let Some(s) = self.sig_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&seqno) {
+        if let Some(s) = self
+            .sig_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&seqno)
+        {
             return Ok(s.clone());
         }
         let bytes = self.reader.read_entry(seqno)?;
@@ -153,12 +182,25 @@ impl Shared {
             if m.name != tables::SIGNATURES {
                 continue;
             }
-            let (_, v) = m.writes.first().ok_or_else(|| corrupt("empty signatures map"))?;
-            let ps: PrimarySignature = serde_json::from_slice(v).map_err(|e| corrupt(&e.to_string()))?;
+            let (_, v) = m
+                .writes
+                .first()
+                .ok_or_else(|| corrupt("empty signatures map"))?;
+            let ps: PrimarySignature =
+                serde_json::from_slice(v).map_err(|e| corrupt(&e.to_string()))?;
             use base64::Engine as _;
-            let sig = base64::engine::general_purpose::STANDARD.decode(&ps.sig).map_err(|e| corrupt(&e.to_string()))?;
-            let info = Arc::new(SigInfo { node_id: ps.node, cert: ps.cert, sig });
-            self.sig_cache.lock().unwrap_or_else(|p| p.into_inner()).put(seqno, info.clone());
+            let sig = base64::engine::general_purpose::STANDARD
+                .decode(&ps.sig)
+                .map_err(|e| corrupt(&e.to_string()))?;
+            let info = Arc::new(SigInfo {
+                node_id: ps.node,
+                cert: ps.cert,
+                sig,
+            });
+            self.sig_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .put(seqno, info.clone());
             return Ok(info);
         }
         Err(corrupt("no signature in it"))
@@ -207,30 +249,40 @@ pub struct ReceiptData {
 
 impl ReceiptData {
     pub fn leaf(&self) -> Digest32 {
-        ccl_crypto::sha256_parts(&[&self.write_set_digest, &sha256(self.commit_evidence.as_bytes()), &self.claims_digest])
+        ccl_crypto::sha256_parts(&[
+            &self.write_set_digest,
+            &sha256(self.commit_evidence.as_bytes()),
+            &self.claims_digest,
+        ])
     }
 
     pub fn root(&self) -> Digest32 {
         ccl_ledger::merkle::root_from_proof(&self.leaf(), &self.proof)
     }
 
-    /// The receipt in CCF's snake_case shape.
-    pub fn to_ccf_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "cert": self.cert,
-            "node_id": self.node_id,
-            "service_endorsements": [],
-            "leaf_components": {
-                "write_set_digest": hex::encode(self.write_set_digest),
-                "commit_evidence": self.commit_evidence,
-                "claims_digest": hex::encode(self.claims_digest),
+    /// The receipt, to serialise in either shape or verify.
+    pub fn to_receipt(&self) -> ccl_receipt::Receipt {
+        ccl_receipt::Receipt {
+            txid: Some(self.txid.to_string()),
+            cert: self.cert.clone(),
+            node_id: self.node_id.clone(),
+            signature: self.signature.clone(),
+            proof: self
+                .proof
+                .iter()
+                .map(|p| match p {
+                    ProofStep::Left(d) => ccl_receipt::ProofStep::Left(*d),
+                    ProofStep::Right(d) => ccl_receipt::ProofStep::Right(*d),
+                })
+                .collect(),
+            leaf: ccl_receipt::LeafComponents {
+                write_set_digest: self.write_set_digest,
+                commit_evidence: self.commit_evidence.clone(),
+                claims_digest: self.claims_digest,
             },
-            "proof": self.proof.iter().map(|p| match p {
-                ProofStep::Left(d) => serde_json::json!({"left": hex::encode(d)}),
-                ProofStep::Right(d) => serde_json::json!({"right": hex::encode(d)}),
-            }).collect::<Vec<_>>(),
-            "signature": crate::b64(&self.signature),
-        })
+            is_signature_transaction: false,
+            service_endorsements: Vec::new(),
+        }
     }
 }
 
@@ -296,7 +348,11 @@ impl EngineHandle {
         }
         match self.shared.view_of(txid.seqno) {
             Some(v) if v == txid.view => {
-                if txid.seqno <= self.committed_seqno() { TxStatus::Committed } else { TxStatus::Pending }
+                if txid.seqno <= self.committed_seqno() {
+                    TxStatus::Committed
+                } else {
+                    TxStatus::Pending
+                }
             }
             Some(v) if v > txid.view => TxStatus::Invalid,
             Some(_) => TxStatus::Unknown,
@@ -324,14 +380,27 @@ impl EngineHandle {
         let (e, _) = Entry::parse(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let pd = e.public_domain().map_err(|e| corrupt(e.to_string()))?;
         let commit_evidence = {
-            let secrets = self.shared.secrets.read().unwrap_or_else(|p| p.into_inner());
-            let secret = secrets.for_seqno(seqno).ok_or_else(|| corrupt("no ledger secret for it".into()))?;
+            let secrets = self
+                .shared
+                .secrets
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            let secret = secrets
+                .for_seqno(seqno)
+                .ok_or_else(|| corrupt("no ledger secret for it".into()))?;
             secret.commit_evidence(e.txid)
         };
         if pd.commit_evidence_digest != Some(sha256(commit_evidence.as_bytes())) {
-            return Err(corrupt("commit evidence does not match the ledger secret".into()));
+            return Err(corrupt(
+                "commit evidence does not match the ledger secret".into(),
+            ));
         }
-        let proof = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner()).proof(seqno, sig_seqno)?;
+        let proof = self
+            .shared
+            .tree
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .proof(seqno, sig_seqno)?;
         Ok(ReceiptData {
             txid: e.txid,
             cert: sig.cert.clone(),
@@ -351,7 +420,11 @@ impl EngineHandle {
             return Err(EngineError::NotFound(seqno));
         }
         let bytes = self.shared.reader.read_entry(seqno)?;
-        let secrets = self.shared.secrets.read().unwrap_or_else(|p| p.into_inner());
+        let secrets = self
+            .shared
+            .secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         decode_transaction(&bytes, &secrets)
     }
 
@@ -364,8 +437,13 @@ impl EngineHandle {
         if let Some(s) = self.store.state_at(seqno) {
             return Ok(s);
         }
-        let secrets = self.shared.secrets.read().unwrap_or_else(|p| p.into_inner());
-        let (mut state, from) = match latest_snapshot(&self.shared.dir.join(SNAPSHOTS_DIR), seqno)? {
+        let secrets = self
+            .shared
+            .secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let (mut state, from) = match latest_snapshot(&self.shared.dir.join(SNAPSHOTS_DIR), seqno)?
+        {
             Some((name, bytes)) => (load_snapshot(&bytes, &secrets)?, name.seqno + 1),
             None if self.shared.first_seqno == 1 => (State::default(), 1),
             None => return Err(EngineError::NotFound(seqno)),
@@ -381,7 +459,10 @@ impl EngineHandle {
 }
 
 /// Decodes a ledger entry: public maps, and private maps decrypted with the secret of its seqno.
-pub(crate) fn decode_transaction(bytes: &[u8], secrets: &LedgerSecrets) -> Result<HistoricalTx, EngineError> {
+pub(crate) fn decode_transaction(
+    bytes: &[u8],
+    secrets: &LedgerSecrets,
+) -> Result<HistoricalTx, EngineError> {
     let corrupt = |m: String| EngineError::Corrupt(format!("ledger entry: {m}"));
     let (e, _) = Entry::parse(bytes).map_err(|e| corrupt(e.to_string()))?;
     let pd = e.public_domain().map_err(|e| corrupt(e.to_string()))?;
@@ -392,22 +473,36 @@ pub(crate) fn decode_transaction(bytes: &[u8], secrets: &LedgerSecrets) -> Resul
     let secret = secrets
         .for_seqno(e.txid.seqno)
         .ok_or_else(|| corrupt(format!("no ledger secret for seqno {}", e.txid.seqno)))?;
-    let plain = e.decrypt_private(secret.aead()).map_err(|_| corrupt(format!("entry {} fails its integrity check", e.txid)))?;
+    let plain = e
+        .decrypt_private(secret.aead())
+        .map_err(|_| corrupt(format!("entry {} fails its integrity check", e.txid)))?;
     for m in decode_maps(&plain).map_err(|e| corrupt(e.to_string()))? {
         maps.push(m.to_owned());
     }
-    Ok(HistoricalTx { txid: e.txid, claims_digest: pd.claims_digest, write_set_digest: e.write_set_digest(), maps })
+    Ok(HistoricalTx {
+        txid: e.txid,
+        claims_digest: pd.claims_digest,
+        write_set_digest: e.write_set_digest(),
+        maps,
+    })
 }
 
 /// The latest committed snapshot in `dir` at or before `seqno`.
-pub(crate) fn latest_snapshot(dir: &std::path::Path, seqno: u64) -> Result<Option<(SnapshotName, Vec<u8>)>, EngineError> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(None) };
+pub(crate) fn latest_snapshot(
+    dir: &std::path::Path,
+    seqno: u64,
+) -> Result<Option<(SnapshotName, Vec<u8>)>, EngineError> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
     let mut best: Option<SnapshotName> = None;
     for e in rd.flatten() {
-        if let Some(n) = e.file_name().to_str().and_then(SnapshotName::parse) {
-            if n.committed && n.seqno <= seqno && best.is_none_or(|b| b.seqno < n.seqno) {
-                best = Some(n);
-            }
+        if let Some(n) = e.file_name().to_str().and_then(SnapshotName::parse)
+            && n.committed
+            && n.seqno <= seqno
+            && best.is_none_or(|b| b.seqno < n.seqno)
+        {
+            best = Some(n);
         }
     }
     let Some(name) = best else { return Ok(None) };
@@ -421,9 +516,20 @@ pub(crate) fn load_snapshot(bytes: &[u8], secrets: &LedgerSecrets) -> Result<Sta
     let corrupt = |m: String| EngineError::Corrupt(format!("snapshot: {m}"));
     let (e, _receipt) = split_snapshot_file(bytes).map_err(|e| corrupt(e.to_string()))?;
     let pd = e.public_domain().map_err(|e| corrupt(e.to_string()))?;
-    let secret = secrets.for_seqno(e.txid.seqno).ok_or_else(|| corrupt("no ledger secret for it".into()))?;
-    let plain = e.decrypt_private(secret.aead()).map_err(|_| corrupt("fails its integrity check".into()))?;
-    let public: Vec<_> = SnapshotMapIter::new(pd.maps).collect::<Result<_, _>>().map_err(|e| corrupt(e.to_string()))?;
-    let private: Vec<_> = SnapshotMapIter::new(&plain).collect::<Result<_, _>>().map_err(|e| corrupt(e.to_string()))?;
-    Ok(State::from_snapshot(e.txid.seqno, public.into_iter().chain(private)))
+    let secret = secrets
+        .for_seqno(e.txid.seqno)
+        .ok_or_else(|| corrupt("no ledger secret for it".into()))?;
+    let plain = e
+        .decrypt_private(secret.aead())
+        .map_err(|_| corrupt("fails its integrity check".into()))?;
+    let public: Vec<_> = SnapshotMapIter::new(pd.maps)
+        .collect::<Result<_, _>>()
+        .map_err(|e| corrupt(e.to_string()))?;
+    let private: Vec<_> = SnapshotMapIter::new(&plain)
+        .collect::<Result<_, _>>()
+        .map_err(|e| corrupt(e.to_string()))?;
+    Ok(State::from_snapshot(
+        e.txid.seqno,
+        public.into_iter().chain(private),
+    ))
 }

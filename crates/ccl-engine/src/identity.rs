@@ -46,8 +46,18 @@ impl Identity {
             },
         )?;
         let node_key = SigningKey::generate(Curve::P384)?;
-        let node_cert = Self::endorse_node(&node_key.verifying_key(), names, &service_key, &service_cert)?;
-        Ok(Identity { node_key, node_cert, service_key, service_cert })
+        let node_cert = Self::endorse_node(
+            &node_key.verifying_key(),
+            names,
+            &service_key,
+            &service_cert,
+        )?;
+        Ok(Identity {
+            node_key,
+            node_cert,
+            service_key,
+            service_cert,
+        })
     }
 
     /// A node certificate for `node_key`, endorsed by the service.

@@ -28,7 +28,9 @@ use ccl_ledger::ledger::{Ledger, LedgerError, SyncHandle};
 use ccl_ledger::merkle::MerkleError;
 use ccl_ledger::secrets::{LedgerSecret, LedgerSecrets};
 use ccl_ledger::snapshot::{SnapshotName, encode_snapshot};
-use ccl_ledger::tables::{self, NodeInfo, NodeStatus, PrimarySignature, ServiceInfo, ServiceStatus, SnapshotEvidence};
+use ccl_ledger::tables::{
+    self, NodeInfo, NodeStatus, PrimarySignature, ServiceInfo, ServiceStatus, SnapshotEvidence,
+};
 use ccl_ledger::txid::TxId;
 use ccl_store::{Store, Tx, TxError};
 use std::path::{Path, PathBuf};
@@ -87,13 +89,19 @@ pub enum EngineError {
     #[error("{0}")]
     Corrupt(String),
     #[error("I/O on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
-    move |source| EngineError::Io { path: path.to_path_buf(), source }
+    move |source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A snapshot waiting for its evidence to be committed.
@@ -122,7 +130,10 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("dir", &self.dir).field("last_seqno", &self.last_seqno()).finish()
+        f.debug_struct("Engine")
+            .field("dir", &self.dir)
+            .field("last_seqno", &self.last_seqno())
+            .finish()
     }
 }
 
@@ -138,8 +149,16 @@ impl Engine {
         genesis: impl FnOnce(&mut Tx) -> Result<(), TxError>,
     ) -> Result<Engine, EngineError> {
         let ledger_dir = dir.join(LEDGER_DIR);
-        if ledger_dir.exists() && std::fs::read_dir(&ledger_dir).map_err(io_err(&ledger_dir))?.next().is_some() {
-            return Err(EngineError::Invalid(format!("{} already holds a ledger", ledger_dir.display())));
+        if ledger_dir.exists()
+            && std::fs::read_dir(&ledger_dir)
+                .map_err(io_err(&ledger_dir))?
+                .next()
+                .is_some()
+        {
+            return Err(EngineError::Invalid(format!(
+                "{} already holds a ledger",
+                ledger_dir.display()
+            )));
         }
         let mut engine = recovery::open(dir, cfg, identity, LedgerSecrets::new(secret))?;
         engine.view = 1;
@@ -166,7 +185,11 @@ impl Engine {
             ledger_secret_seqno: 1,
         };
         tx.put(tables::NODES, node_id.as_bytes(), &json(&node))?;
-        tx.put(tables::ENDORSED_CERTIFICATES, node_id.as_bytes(), id.node_cert.pem().as_bytes())?;
+        tx.put(
+            tables::ENDORSED_CERTIFICATES,
+            node_id.as_bytes(),
+            id.node_cert.pem().as_bytes(),
+        )?;
         genesis(&mut tx)?;
         engine.commit(tx, None)?;
         engine.emit_signature()?;
@@ -176,13 +199,21 @@ impl Engine {
     /// Opens an existing data directory: cuts a torn ledger tail, rebuilds the store (latest
     /// snapshot, then the ledger after it) and the Merkle tree, and checks the tree against the
     /// last signature. `secrets` must hold every ledger secret the ledger was written with.
-    pub fn open(dir: &Path, cfg: EngineConfig, identity: Identity, secrets: LedgerSecrets) -> Result<Engine, EngineError> {
+    pub fn open(
+        dir: &Path,
+        cfg: EngineConfig,
+        identity: Identity,
+        secrets: LedgerSecrets,
+    ) -> Result<Engine, EngineError> {
         recovery::open(dir, cfg, identity, secrets)
     }
 
     /// A cloneable, thread-safe handle for reads.
     pub fn handle(&self) -> EngineHandle {
-        EngineHandle { shared: self.shared.clone(), store: self.store.clone() }
+        EngineHandle {
+            shared: self.shared.clone(),
+            store: self.store.clone(),
+        }
     }
 
     /// The store, to begin transactions.
@@ -221,10 +252,17 @@ impl Engine {
     /// Merkle leaf. `claims_digest` binds application claims to the transaction's receipt.
     pub fn commit(&mut self, tx: Tx, claims_digest: Option<Digest32>) -> Result<TxId, EngineError> {
         if !tx.has_writes() {
-            return Err(EngineError::Invalid("a transaction with no writes is not recorded".into()));
+            return Err(EngineError::Invalid(
+                "a transaction with no writes is not recorded".into(),
+            ));
         }
         let (seqno, ws) = self.store.commit(tx)?;
-        let r = self.append_write_set(seqno, &ws.map_writes(), claims_digest.unwrap_or([0u8; 32]), None);
+        let r = self.append_write_set(
+            seqno,
+            &ws.map_writes(),
+            claims_digest.unwrap_or([0u8; 32]),
+            None,
+        );
         if r.is_err() {
             // The store moved but the ledger did not: undo the store, or nothing is consistent.
             let _ = self.store.rollback(seqno - 1);
@@ -240,8 +278,14 @@ impl Engine {
         signature: Option<bool>,
     ) -> Result<TxId, EngineError> {
         let txid = TxId::new(self.view, seqno);
-        let secrets = self.shared.secrets.read().unwrap_or_else(|p| p.into_inner());
-        let secret = secrets.latest().ok_or_else(|| EngineError::Invalid("no ledger secret".into()))?;
+        let secrets = self
+            .shared
+            .secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let secret = secrets
+            .latest()
+            .ok_or_else(|| EngineError::Invalid("no ledger secret".into()))?;
         let meta = TxMeta {
             txid,
             claims_digest,
@@ -254,8 +298,17 @@ impl Engine {
         drop(secrets);
         let ws = sha256(&self.buf);
         let leaf = ccl_crypto::sha256_parts(&[&ws, &meta.commit_evidence_digest, &claims_digest]);
-        self.ledger.append(seqno, &self.buf, signature.is_some(), signature == Some(true))?;
-        self.shared.tree.lock().unwrap_or_else(|p| p.into_inner()).append(leaf)?;
+        self.ledger.append(
+            seqno,
+            &self.buf,
+            signature.is_some(),
+            signature == Some(true),
+        )?;
+        self.shared
+            .tree
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(leaf)?;
         self.shared.last_seqno.store(seqno, Ordering::Release);
         self.shared.note_view(self.view, seqno);
         if signature.is_some() {
@@ -272,12 +325,17 @@ impl Engine {
     /// Whether a signature is due (enough transactions, or enough time with unsigned ones).
     pub fn signature_due(&self, now: Instant) -> bool {
         self.txs_since_sig >= self.cfg.signature_interval_txs
-            || (self.txs_since_sig > 0 && now.duration_since(self.last_sig_at) >= self.cfg.signature_interval)
+            || (self.txs_since_sig > 0
+                && now.duration_since(self.last_sig_at) >= self.cfg.signature_interval)
     }
 
     /// Writes a signature transaction if one is due; returns its id.
     pub fn maybe_emit_signature(&mut self, now: Instant) -> Result<Option<TxId>, EngineError> {
-        if self.signature_due(now) { self.emit_signature().map(Some) } else { Ok(None) }
+        if self.signature_due(now) {
+            self.emit_signature().map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// Writes a signature transaction over the root of every transaction before it.
@@ -295,7 +353,11 @@ impl Engine {
         let seqno = self.last_seqno() + 1;
         let root = {
             let tree = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner());
-            assert_eq!(tree.len(), seqno, "the tree holds a leaf for every seqno before the signature");
+            assert_eq!(
+                tree.len(),
+                seqno,
+                "the tree holds a leaf for every seqno before the signature"
+            );
             tree.root().expect("leaf 0 is always present")
         };
         let txid = TxId::new(self.view, seqno);
@@ -319,13 +381,22 @@ impl Engine {
                 (coset::Label::Int(395), cose::Value::Integer(2.into())),
                 (
                     coset::Label::Text("ccf.v1".into()),
-                    cose::Value::Map(vec![(cose::Value::Text("txid".into()), cose::Value::Text(txid.to_string()))]),
+                    cose::Value::Map(vec![(
+                        cose::Value::Text("txid".into()),
+                        cose::Value::Text(txid.to_string()),
+                    )]),
                 ),
             ],
             &root,
             true,
         )?;
-        let frontier = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner()).frontier().to_bytes();
+        let frontier = self
+            .shared
+            .tree
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .frontier()
+            .to_bytes();
         let cose_value = json(&b64(&cose_sig));
         let sig_value = json(&sig);
         let maps = [
@@ -357,7 +428,9 @@ impl Engine {
     /// At a signature, writes a snapshot if one is due, with its evidence transaction.
     fn maybe_snapshot(&mut self) -> Result<(), EngineError> {
         let seqno = self.last_seqno();
-        if self.cfg.snapshot_interval_txs == 0 || seqno - self.last_snapshot_seqno < self.cfg.snapshot_interval_txs {
+        if self.cfg.snapshot_interval_txs == 0
+            || seqno - self.last_snapshot_seqno < self.cfg.snapshot_interval_txs
+        {
             return Ok(());
         }
         self.snapshot_now()
@@ -367,22 +440,52 @@ impl Engine {
     pub fn snapshot_now(&mut self) -> Result<(), EngineError> {
         let seqno = self.last_seqno();
         if seqno != self.last_sig_seqno {
-            return Err(EngineError::Invalid("snapshots are taken at signature transactions".into()));
+            return Err(EngineError::Invalid(
+                "snapshots are taken at signature transactions".into(),
+            ));
         }
         let state = self.store.state();
         let txid = TxId::new(self.view, seqno);
-        let hash_at_snapshot = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner()).leaf(seqno)?;
+        let hash_at_snapshot = self
+            .shared
+            .tree
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .leaf(seqno)?;
         let bytes = {
-            let secrets = self.shared.secrets.read().unwrap_or_else(|p| p.into_inner());
-            let secret = secrets.latest().ok_or_else(|| EngineError::Invalid("no ledger secret".into()))?;
-            encode_snapshot(txid, &hash_at_snapshot, &self.shared.view_history(), &state.snapshot_maps(), secret.aead())
+            let secrets = self
+                .shared
+                .secrets
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            let secret = secrets
+                .latest()
+                .ok_or_else(|| EngineError::Invalid("no ledger secret".into()))?;
+            encode_snapshot(
+                txid,
+                &hash_at_snapshot,
+                &self.shared.view_history(),
+                &state.snapshot_maps(),
+                secret.aead(),
+            )
         };
         let digest = sha256(&bytes);
         let mut tx = self.store.begin();
-        let ev = SnapshotEvidence { hash: hex::encode(digest), version: seqno };
-        tx.put(tables::SNAPSHOT_EVIDENCE, &tables::SINGLETON_KEY, &json(&ev))?;
+        let ev = SnapshotEvidence {
+            hash: hex::encode(digest),
+            version: seqno,
+        };
+        tx.put(
+            tables::SNAPSHOT_EVIDENCE,
+            &tables::SINGLETON_KEY,
+            &json(&ev),
+        )?;
         let evidence = self.commit(tx, Some(digest))?;
-        self.pending_snapshots.push(PendingSnapshot { seqno, evidence_seqno: evidence.seqno, bytes });
+        self.pending_snapshots.push(PendingSnapshot {
+            seqno,
+            evidence_seqno: evidence.seqno,
+            bytes,
+        });
         self.last_snapshot_seqno = seqno;
         Ok(())
     }
@@ -408,29 +511,42 @@ impl Engine {
         self.ledger.commit(sig)?;
         self.store.compact(sig);
         self.shared.committed.store(sig, Ordering::Release);
-        self.shared.tree.lock().unwrap_or_else(|p| p.into_inner()).flush()?;
+        self.shared
+            .tree
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush()?;
         self.write_committed_snapshots()?;
         Ok(sig)
     }
 
     fn write_committed_snapshots(&mut self) -> Result<(), EngineError> {
         let committed = self.committed_seqno();
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.pending_snapshots).into_iter().partition(|p| p.evidence_seqno < committed);
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_snapshots)
+            .into_iter()
+            .partition(|p| p.evidence_seqno < committed);
         self.pending_snapshots = waiting;
         for p in ready {
             let receipt = self.handle().receipt(p.evidence_seqno)?;
             let mut bytes = p.bytes;
-            bytes.extend_from_slice(receipt.to_ccf_json().to_string().as_bytes());
+            bytes.extend_from_slice(receipt.to_receipt().to_ccf_json().to_string().as_bytes());
             let dir = self.dir.join(SNAPSHOTS_DIR);
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            let name = SnapshotName { seqno: p.seqno, evidence_seqno: p.evidence_seqno, committed: true };
+            let name = SnapshotName {
+                seqno: p.seqno,
+                evidence_seqno: p.evidence_seqno,
+                committed: true,
+            };
             let path = dir.join(name.file_name());
             let tmp = dir.join(format!(".{}.tmp", name.file_name()));
             std::fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&tmp))?;
             std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-            std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&dir))?;
             tracing::info!(snapshot = %path.display(), "snapshot committed");
         }
         Ok(())
@@ -439,11 +555,17 @@ impl Engine {
     /// Rolls back every transaction after `seqno` (an uncommitted suffix).
     pub fn rollback(&mut self, seqno: u64) -> Result<(), EngineError> {
         if seqno < self.committed_seqno() {
-            return Err(EngineError::Invalid(format!("cannot roll back committed seqno {seqno}")));
+            return Err(EngineError::Invalid(format!(
+                "cannot roll back committed seqno {seqno}"
+            )));
         }
         self.ledger.truncate(seqno)?;
         self.store.rollback(seqno).map_err(EngineError::Corrupt)?;
-        self.shared.tree.lock().unwrap_or_else(|p| p.into_inner()).truncate(seqno + 1)?;
+        self.shared
+            .tree
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .truncate(seqno + 1)?;
         self.shared.truncate(seqno);
         self.last_sig_seqno = self.shared.last_signature_at_or_before(seqno);
         self.pending_snapshots.retain(|p| p.evidence_seqno <= seqno);
@@ -454,7 +576,11 @@ impl Engine {
     /// Starts a new ledger secret for transactions from the next seqno on (rekey).
     pub fn rekey(&mut self, secret: LedgerSecret) {
         let next = self.last_seqno() + 1;
-        self.shared.secrets.write().unwrap_or_else(|p| p.into_inner()).push(next, secret);
+        self.shared
+            .secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(next, secret);
     }
 
     /// Ends the ledger cleanly: a final signature that completes the chunk, everything fsynced.
@@ -464,7 +590,11 @@ impl Engine {
             self.emit_signature_ending_chunk()?;
         }
         let last = self.sync()?;
-        self.shared.tree.lock().unwrap_or_else(|p| p.into_inner()).flush()?;
+        self.shared
+            .tree
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush()?;
         Ok(last)
     }
 }

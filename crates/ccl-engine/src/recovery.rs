@@ -3,7 +3,9 @@
 //! last signature), and the indexes receipts need (signatures, views).
 
 use crate::handle::{Shared, latest_snapshot, load_snapshot};
-use crate::{Engine, EngineConfig, EngineError, Identity, LEDGER_DIR, MERKLE_DIR, SNAPSHOTS_DIR, io_err};
+use crate::{
+    Engine, EngineConfig, EngineError, Identity, LEDGER_DIR, MERKLE_DIR, SNAPSHOTS_DIR, io_err,
+};
 use ccl_ledger::entry::{Entry, decode_maps};
 use ccl_ledger::ledger::{Ledger, LedgerOptions};
 use ccl_ledger::merkle::{FileNodeStore, Frontier, MerkleTree};
@@ -15,14 +17,28 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-pub(crate) fn open(dir: &Path, cfg: EngineConfig, identity: Identity, secrets: LedgerSecrets) -> Result<Engine, EngineError> {
+pub(crate) fn open(
+    dir: &Path,
+    cfg: EngineConfig,
+    identity: Identity,
+    secrets: LedgerSecrets,
+) -> Result<Engine, EngineError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let ledger_dir = dir.join(LEDGER_DIR);
     // An entry of the in-progress chunk is accepted only if it authenticates under its ledger
     // secret: a torn or scribbled tail is cut, never replayed.
-    let mut check =
-        |e: &Entry<'_>| secrets.for_seqno(e.txid.seqno).is_some_and(|s| e.decrypt_private(s.aead()).is_ok());
-    let (ledger, report) = Ledger::open(&ledger_dir, LedgerOptions { chunk_size: cfg.chunk_size }, &mut check)?;
+    let mut check = |e: &Entry<'_>| {
+        secrets
+            .for_seqno(e.txid.seqno)
+            .is_some_and(|s| e.decrypt_private(s.aead()).is_ok())
+    };
+    let (ledger, report) = Ledger::open(
+        &ledger_dir,
+        LedgerOptions {
+            chunk_size: cfg.chunk_size,
+        },
+        &mut check,
+    )?;
     if let Some((bytes, reason)) = &report.truncated {
         tracing::warn!(bytes, %reason, "cut the ledger's torn tail");
     }
@@ -31,15 +47,23 @@ pub(crate) fn open(dir: &Path, cfg: EngineConfig, identity: Identity, secrets: L
     let reader = ledger.reader();
 
     // Store: the latest committed snapshot the ledger continues from, or the empty state.
-    let snapshot = latest_snapshot(&dir.join(SNAPSHOTS_DIR), last)?.filter(|(n, _)| n.seqno + 1 >= first);
+    let snapshot =
+        latest_snapshot(&dir.join(SNAPSHOTS_DIR), last)?.filter(|(n, _)| n.seqno + 1 >= first);
     let (state, snapshot_seqno, snapshot_tree) = match &snapshot {
         Some((name, bytes)) => {
             let state = load_snapshot(bytes, &secrets)?;
             let (e, _) = ccl_ledger::snapshot::split_snapshot_file(bytes)
                 .map_err(|e| EngineError::Corrupt(format!("snapshot {}: {e}", name.file_name())))?;
-            let pd = e.public_domain().map_err(|e| EngineError::Corrupt(format!("snapshot: {e}")))?;
-            let hash: Option<[u8; 32]> = pd.snapshot.as_ref().and_then(|h| h.hash_at_snapshot.try_into().ok());
-            let frontier = state.get(tables::TREE, &tables::SINGLETON_KEY).and_then(|v| Frontier::from_bytes(&v.value));
+            let pd = e
+                .public_domain()
+                .map_err(|e| EngineError::Corrupt(format!("snapshot: {e}")))?;
+            let hash: Option<[u8; 32]> = pd
+                .snapshot
+                .as_ref()
+                .and_then(|h| h.hash_at_snapshot.try_into().ok());
+            let frontier = state
+                .get(tables::TREE, &tables::SINGLETON_KEY)
+                .and_then(|v| Frontier::from_bytes(&v.value));
             let tree = match (frontier, hash) {
                 (Some(mut f), Some(h)) if f.size() == name.seqno => {
                     f.append(h);
@@ -60,30 +84,47 @@ pub(crate) fn open(dir: &Path, cfg: EngineConfig, identity: Identity, secrets: L
 
     // Merkle tree: what the node store holds, cut to the ledger; rebuilt below where it lacks leaves.
     let merkle_dir = dir.join(MERKLE_DIR);
-    let mut tree = MerkleTree::with_store(Box::new(FileNodeStore::open(&merkle_dir, cfg.merkle_cache_pages)?))?;
+    let mut tree = MerkleTree::with_store(Box::new(FileNodeStore::open(
+        &merkle_dir,
+        cfg.merkle_cache_pages,
+    )?))?;
     if tree.len() > last + 1 {
         tree.truncate(last + 1)?;
     }
     if tree.len() < first {
         tree = match snapshot_tree {
             Some(f) if f.size() == snapshot_seqno + 1 && first == snapshot_seqno + 1 => {
-                MerkleTree::from_frontier(f, Box::new(FileNodeStore::open(&merkle_dir, cfg.merkle_cache_pages)?))?
+                MerkleTree::from_frontier(
+                    f,
+                    Box::new(FileNodeStore::open(&merkle_dir, cfg.merkle_cache_pages)?),
+                )?
             }
-            _ if first == 1 => MerkleTree::with_store(Box::new(fresh_store(&merkle_dir, cfg.merkle_cache_pages)?))?,
-            _ => return Err(EngineError::Corrupt("the Merkle tree cannot be rebuilt: no snapshot frontier".into())),
+            _ if first == 1 => {
+                MerkleTree::with_store(Box::new(fresh_store(&merkle_dir, cfg.merkle_cache_pages)?))?
+            }
+            _ => {
+                return Err(EngineError::Corrupt(
+                    "the Merkle tree cannot be rebuilt: no snapshot frontier".into(),
+                ));
+            }
         };
     }
     if tree.is_empty() {
         tree.append([0u8; 32])?; // leaf 0: seqnos start at 1
     }
 
-    let shared = Arc::new(Shared::new(reader.clone(), tree, secrets, first, dir.to_path_buf()));
-    if let Some((_, bytes)) = &snapshot {
-        if let Ok((e, _)) = ccl_ledger::snapshot::split_snapshot_file(bytes) {
-            if let Some(h) = e.public_domain().ok().and_then(|pd| pd.snapshot) {
-                shared.set_view_history(&h.view_history);
-            }
-        }
+    let shared = Arc::new(Shared::new(
+        reader.clone(),
+        tree,
+        secrets,
+        first,
+        dir.to_path_buf(),
+    ));
+    if let Some((_, bytes)) = &snapshot
+        && let Ok((e, _)) = ccl_ledger::snapshot::split_snapshot_file(bytes)
+        && let Some(h) = e.public_domain().ok().and_then(|pd| pd.snapshot)
+    {
+        shared.set_view_history(&h.view_history);
     }
 
     // One pass over the ledger: views, signatures, missing Merkle leaves, store replay.
@@ -95,7 +136,10 @@ pub(crate) fn open(dir: &Path, cfg: EngineConfig, identity: Identity, secrets: L
         let corrupt = |m: String| EngineError::Corrupt(format!("ledger entry {seqno}: {m}"));
         let (e, _) = Entry::parse(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if e.txid.seqno != seqno || e.txid.view < view {
-            return Err(corrupt(format!("has transaction id {} after view {view}", e.txid)));
+            return Err(corrupt(format!(
+                "has transaction id {} after view {view}",
+                e.txid
+            )));
         }
         view = e.txid.view;
         shared.note_view(view, seqno);
@@ -103,8 +147,12 @@ pub(crate) fn open(dir: &Path, cfg: EngineConfig, identity: Identity, secrets: L
         for m in pd.map_iter() {
             let m = m.map_err(|e| corrupt(e.to_string()))?;
             if m.name == tables::SIGNATURES {
-                let (_, v) = m.writes.first().ok_or_else(|| corrupt("empty signatures map".into()))?;
-                let ps: PrimarySignature = serde_json::from_slice(v).map_err(|e| corrupt(e.to_string()))?;
+                let (_, v) = m
+                    .writes
+                    .first()
+                    .ok_or_else(|| corrupt("empty signatures map".into()))?;
+                let ps: PrimarySignature =
+                    serde_json::from_slice(v).map_err(|e| corrupt(e.to_string()))?;
                 shared.add_signature(seqno);
                 last_sig = seqno;
                 last_sig_root = Some(ps.root);
@@ -118,8 +166,12 @@ pub(crate) fn open(dir: &Path, cfg: EngineConfig, identity: Identity, secrets: L
         }
         if seqno > snapshot_seqno {
             let secrets = shared.secrets.read().unwrap_or_else(|p| p.into_inner());
-            let secret = secrets.for_seqno(seqno).ok_or_else(|| corrupt("no ledger secret for it".into()))?;
-            let plain = e.decrypt_private(secret.aead()).map_err(|_| corrupt("fails its integrity check".into()))?;
+            let secret = secrets
+                .for_seqno(seqno)
+                .ok_or_else(|| corrupt("no ledger secret for it".into()))?;
+            let plain = e
+                .decrypt_private(secret.aead())
+                .map_err(|_| corrupt("fails its integrity check".into()))?;
             let mut maps = Vec::new();
             for m in pd.map_iter() {
                 maps.push(m.map_err(|e| corrupt(e.to_string()))?);
@@ -128,7 +180,11 @@ pub(crate) fn open(dir: &Path, cfg: EngineConfig, identity: Identity, secrets: L
             store.apply(seqno, &maps);
         }
     }
-    assert_eq!(store.version(), last.max(snapshot_seqno), "the store is replayed to the end of the ledger");
+    assert_eq!(
+        store.version(),
+        last.max(snapshot_seqno),
+        "the store is replayed to the end of the ledger"
+    );
     // The tree must reproduce the root the last signature signed; a node store damaged by a crash
     // is rebuilt from the ledger.
     if let Some(root) = last_sig_root {
@@ -140,17 +196,28 @@ pub(crate) fn open(dir: &Path, cfg: EngineConfig, identity: Identity, secrets: L
                     "the Merkle tree does not reproduce the root signed at seqno {last_sig}"
                 )));
             }
-            tracing::warn!(seqno = last_sig, "Merkle node store disagrees with the ledger: rebuilding it");
-            let mut fresh = MerkleTree::with_store(Box::new(fresh_store(&merkle_dir, cfg.merkle_cache_pages)?))?;
+            tracing::warn!(
+                seqno = last_sig,
+                "Merkle node store disagrees with the ledger: rebuilding it"
+            );
+            let mut fresh = MerkleTree::with_store(Box::new(fresh_store(
+                &merkle_dir,
+                cfg.merkle_cache_pages,
+            )?))?;
             fresh.append([0u8; 32])?;
             for seqno in 1..=last {
                 let bytes = reader.read_entry(seqno)?;
-                let (e, _) = Entry::parse(&bytes).map_err(|e| EngineError::Corrupt(format!("ledger entry {seqno}: {e}")))?;
-                let pd = e.public_domain().map_err(|e| EngineError::Corrupt(format!("ledger entry {seqno}: {e}")))?;
+                let (e, _) = Entry::parse(&bytes)
+                    .map_err(|e| EngineError::Corrupt(format!("ledger entry {seqno}: {e}")))?;
+                let pd = e
+                    .public_domain()
+                    .map_err(|e| EngineError::Corrupt(format!("ledger entry {seqno}: {e}")))?;
                 fresh.append(pd.leaf(&e.write_set_digest()))?;
             }
             if fresh.root_at(last_sig).map(hex::encode).ok().as_deref() != Some(root.as_str()) {
-                return Err(EngineError::Corrupt(format!("the ledger does not reproduce the root signed at seqno {last_sig}")));
+                return Err(EngineError::Corrupt(format!(
+                    "the ledger does not reproduce the root signed at seqno {last_sig}"
+                )));
             }
             *t = fresh;
         }
@@ -160,7 +227,8 @@ pub(crate) fn open(dir: &Path, cfg: EngineConfig, identity: Identity, secrets: L
     shared.committed.store(committed, Ordering::Release);
     shared.last_seqno.store(last, Ordering::Release);
     shared.current_view.store(view, Ordering::Release);
-    let last_snapshot_seqno = latest_snapshot(&dir.join(SNAPSHOTS_DIR), last)?.map_or(0, |(n, _)| n.seqno);
+    let last_snapshot_seqno =
+        latest_snapshot(&dir.join(SNAPSHOTS_DIR), last)?.map_or(0, |(n, _)| n.seqno);
     Ok(Engine {
         cfg,
         dir: dir.to_path_buf(),

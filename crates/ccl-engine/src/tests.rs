@@ -21,7 +21,14 @@ fn secrets() -> LedgerSecrets {
 
 fn new_engine(dir: &Path, cfg: EngineConfig) -> (Engine, Identity) {
     let id = Identity::generate(&["localhost".into()]).expect("identity");
-    let e = Engine::create(dir, cfg, id.clone(), LedgerSecret::from_bytes(SECRET), |_| Ok(())).expect("create");
+    let e = Engine::create(
+        dir,
+        cfg,
+        id.clone(),
+        LedgerSecret::from_bytes(SECRET),
+        |_| Ok(()),
+    )
+    .expect("create");
     (e, id)
 }
 
@@ -29,8 +36,18 @@ fn new_engine(dir: &Path, cfg: EngineConfig) -> (Engine, Identity) {
 fn write(e: &mut Engine, from: usize, n: usize) {
     for i in from..from + n {
         let mut tx = e.store().begin();
-        tx.put("public:records", format!("k{i:06}").as_bytes(), format!("public value {i}").as_bytes()).unwrap();
-        tx.put("records", format!("k{i:06}").as_bytes(), format!("PRIVATE-PLAINTEXT-{i}").as_bytes()).unwrap();
+        tx.put(
+            "public:records",
+            format!("k{i:06}").as_bytes(),
+            format!("public value {i}").as_bytes(),
+        )
+        .unwrap();
+        tx.put(
+            "records",
+            format!("k{i:06}").as_bytes(),
+            format!("PRIVATE-PLAINTEXT-{i}").as_bytes(),
+        )
+        .unwrap();
         let claims = (i % 3 == 0).then(|| sha256(format!("claims {i}").as_bytes()));
         e.commit(tx, claims).unwrap();
         e.maybe_emit_signature(Instant::now()).unwrap();
@@ -39,8 +56,12 @@ fn write(e: &mut Engine, from: usize, n: usize) {
 
 fn check_receipt(r: &ReceiptData, service: &Certificate) {
     let cert = Certificate::from_pem(&r.cert).unwrap();
-    cert.verify_issued_by(service).expect("node certificate endorsed by the service");
-    cert.public_key().unwrap().verify_prehashed(&r.root(), &r.signature).expect("signature over the root");
+    cert.verify_issued_by(service)
+        .expect("node certificate endorsed by the service");
+    cert.public_key()
+        .unwrap()
+        .verify_prehashed(&r.root(), &r.signature)
+        .expect("signature over the root");
     assert_eq!(r.node_id, hex::encode(cert.key_id()));
 }
 
@@ -71,11 +92,21 @@ fn receipts_verify_and_bind_claims() {
         // A different claims digest gives a different root: the signature no longer holds.
         let mut forged = r.clone();
         forged.claims_digest[0] ^= 1;
-        assert!(Certificate::from_pem(&r.cert).unwrap().public_key().unwrap().verify_prehashed(&forged.root(), &r.signature).is_err());
+        assert!(
+            Certificate::from_pem(&r.cert)
+                .unwrap()
+                .public_key()
+                .unwrap()
+                .verify_prehashed(&forged.root(), &r.signature)
+                .is_err()
+        );
     }
     // genesis, 95 writes, signature after genesis and every 10 writes, and the final one.
     assert_eq!(sigs, 1 + 9 + 1);
-    assert!(matches!(h.receipt(last + 1), Err(EngineError::NotCommitted(_))));
+    assert!(matches!(
+        h.receipt(last + 1),
+        Err(EngineError::NotCommitted(_))
+    ));
     assert!(matches!(h.receipt(0), Err(EngineError::NotFound(0))));
 }
 
@@ -89,7 +120,10 @@ fn uncommitted_transactions_have_no_receipt_and_pending_status() {
     let h = e.handle();
     let t = TxId::new(1, committed + 1);
     assert_eq!(h.tx_status(t), TxStatus::Pending);
-    assert!(matches!(h.receipt(committed + 1), Err(EngineError::NotCommitted(_))));
+    assert!(matches!(
+        h.receipt(committed + 1),
+        Err(EngineError::NotCommitted(_))
+    ));
     assert_eq!(h.tx_status(TxId::new(2, committed + 1)), TxStatus::Unknown);
     e.emit_signature().unwrap();
     let synced = e.sync().unwrap();
@@ -112,7 +146,10 @@ fn reopen_replays_state_and_tree() {
     let mut e = Engine::open(dir.path(), cfg(), id.clone(), secrets()).unwrap();
     assert_eq!(e.last_seqno(), last);
     assert_eq!(e.committed_seqno(), last);
-    assert_eq!(e.store().state().get("records", b"k000056").unwrap().value, state.get("records", b"k000056").unwrap().value);
+    assert_eq!(
+        e.store().state().get("records", b"k000056").unwrap().value,
+        state.get("records", b"k000056").unwrap().value
+    );
     for (s, r) in (1..last).zip(&before) {
         assert_eq!(&e.handle().receipt(s).unwrap(), r);
     }
@@ -166,8 +203,17 @@ fn torn_tail_is_cut_and_rest_survives() {
     b[n - 3] ^= 0x55; // inside the last entry's ciphertext / tag region
     std::fs::write(&open_chunk, &b).unwrap();
     let e = Engine::open(dir.path(), cfg(), id, secrets()).unwrap();
-    assert_eq!(e.last_seqno(), last - 1, "exactly the damaged last entry is cut");
-    assert!(e.store().state().get("records", format!("k{:06}", 21).as_bytes()).is_some());
+    assert_eq!(
+        e.last_seqno(),
+        last - 1,
+        "exactly the damaged last entry is cut"
+    );
+    assert!(
+        e.store()
+            .state()
+            .get("records", format!("k{:06}", 21).as_bytes())
+            .is_some()
+    );
 }
 
 #[test]
@@ -183,12 +229,19 @@ fn private_plaintext_never_reaches_disk() {
     write(&mut e, 60, 1);
     let last = e.finish().unwrap();
     e.commit_up_to(last).unwrap();
-    let snaps: Vec<_> = std::fs::read_dir(dir.path().join(SNAPSHOTS_DIR)).unwrap().flatten().collect();
+    let snaps: Vec<_> = std::fs::read_dir(dir.path().join(SNAPSHOTS_DIR))
+        .unwrap()
+        .flatten()
+        .collect();
     assert!(!snaps.is_empty(), "snapshots were written");
     let mut seen_public = false;
     for d in walk(dir.path()) {
         let b = std::fs::read(&d).unwrap();
-        assert!(!contains(&b, b"PRIVATE-PLAINTEXT"), "plaintext in {}", d.display());
+        assert!(
+            !contains(&b, b"PRIVATE-PLAINTEXT"),
+            "plaintext in {}",
+            d.display()
+        );
         seen_public |= contains(&b, b"public value 5");
     }
     assert!(seen_public, "the scan does see plaintext of public maps");
@@ -197,7 +250,11 @@ fn private_plaintext_never_reaches_disk() {
 fn walk(p: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for d in std::fs::read_dir(p).unwrap().flatten() {
-        if d.path().is_dir() { out.extend(walk(&d.path())) } else { out.push(d.path()) }
+        if d.path().is_dir() {
+            out.extend(walk(&d.path()))
+        } else {
+            out.push(d.path())
+        }
     }
     out
 }
@@ -241,7 +298,10 @@ fn rollback_of_uncommitted_suffix() {
     let keep = e.sync().unwrap();
     e.commit_up_to(keep).unwrap();
     write(&mut e, 100, 14);
-    assert!(e.rollback(keep - 1).is_err(), "committed transactions cannot be rolled back");
+    assert!(
+        e.rollback(keep - 1).is_err(),
+        "committed transactions cannot be rolled back"
+    );
     e.rollback(keep).unwrap();
     assert_eq!(e.last_seqno(), keep);
     assert!(e.store().state().get("records", b"k000100").is_none());
@@ -273,7 +333,14 @@ fn rekey_encrypts_later_entries_under_the_new_secret() {
     both.push(from, second);
     let e = Engine::open(dir.path(), cfg(), id, both).unwrap();
     assert_eq!(e.last_seqno(), last);
-    assert_eq!(e.handle().read_transaction(from).unwrap().written("records", b"k000005").unwrap(), b"PRIVATE-PLAINTEXT-5");
+    assert_eq!(
+        e.handle()
+            .read_transaction(from)
+            .unwrap()
+            .written("records", b"k000005")
+            .unwrap(),
+        b"PRIVATE-PLAINTEXT-5"
+    );
 }
 
 #[test]
@@ -288,8 +355,15 @@ fn signature_interval_by_time() {
     e.commit(tx, None).unwrap();
     assert!(!e.signature_due(Instant::now()));
     assert!(e.signature_due(Instant::now() + Duration::from_millis(25)));
-    assert!(e.maybe_emit_signature(Instant::now() + Duration::from_millis(25)).unwrap().is_some());
-    assert!(!e.signature_due(Instant::now() + Duration::from_secs(10)), "nothing unsigned");
+    assert!(
+        e.maybe_emit_signature(Instant::now() + Duration::from_millis(25))
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        !e.signature_due(Instant::now() + Duration::from_secs(10)),
+        "nothing unsigned"
+    );
 }
 
 #[test]
@@ -307,5 +381,14 @@ fn create_refuses_an_existing_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let (e, id) = new_engine(dir.path(), cfg());
     drop(e);
-    assert!(Engine::create(dir.path(), cfg(), id, LedgerSecret::from_bytes(SECRET), |_| Ok(())).is_err());
+    assert!(
+        Engine::create(
+            dir.path(),
+            cfg(),
+            id,
+            LedgerSecret::from_bytes(SECRET),
+            |_| Ok(())
+        )
+        .is_err()
+    );
 }

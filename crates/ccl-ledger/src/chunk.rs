@@ -50,7 +50,11 @@ impl ChunkName {
         if start == 0 || end.is_some_and(|e| e < start) || (committed && end.is_none()) {
             return None;
         }
-        Some(ChunkName { start, end, committed })
+        Some(ChunkName {
+            start,
+            end,
+            committed,
+        })
     }
 
     pub fn file_name(&self) -> String {
@@ -70,7 +74,11 @@ pub enum ChunkError {
     #[error("positions table at offset {offset} is invalid: {reason}")]
     Table { offset: u64, reason: String },
     #[error("entry {index} is at offset {actual}, but the positions table says {expected}")]
-    PositionMismatch { index: usize, expected: u32, actual: u64 },
+    PositionMismatch {
+        index: usize,
+        expected: u32,
+        actual: u64,
+    },
 }
 
 /// Reads the positions table of a complete chunk held in `bytes`. Returns `None` when the chunk is
@@ -79,7 +87,10 @@ pub fn read_table(bytes: &[u8]) -> Result<Option<Vec<u32>>, ChunkError> {
     let header: [u8; 8] = bytes
         .get(..CHUNK_HEADER_SIZE)
         .and_then(|h| h.try_into().ok())
-        .ok_or(DecodeError { what: "chunk header", offset: 0 })?;
+        .ok_or(DecodeError {
+            what: "chunk header",
+            offset: 0,
+        })?;
     let offset = u64::from_le_bytes(header);
     if offset == 0 {
         return Ok(None);
@@ -90,18 +101,24 @@ pub fn read_table(bytes: &[u8]) -> Result<Option<Vec<u32>>, ChunkError> {
 
 /// The byte range of the positions table, checked against the file length.
 pub fn table_bytes(offset: u64, file_len: u64) -> Result<std::ops::Range<usize>, ChunkError> {
-    let bad = |reason: &str| ChunkError::Table { offset, reason: reason.into() };
+    let bad = |reason: &str| ChunkError::Table {
+        offset,
+        reason: reason.into(),
+    };
     if offset < CHUNK_HEADER_SIZE as u64 || offset > file_len {
         return Err(bad("offset outside the file"));
     }
-    if (file_len - offset) % 4 != 0 {
+    if !(file_len - offset).is_multiple_of(4) {
         return Err(bad("table length is not a multiple of 4"));
     }
     Ok(offset as usize..file_len as usize)
 }
 
 pub fn parse_table(table: &[u8]) -> Vec<u32> {
-    table.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    table
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// Scans the entries of `bytes[CHUNK_HEADER_SIZE..end]` and returns their positions. Fails at the
@@ -110,10 +127,19 @@ pub fn scan_positions(bytes: &[u8], end: usize) -> Result<Vec<u32>, DecodeError>
     let mut pos = CHUNK_HEADER_SIZE;
     let mut out = Vec::new();
     while pos < end {
-        let header = bytes.get(pos..pos + ENTRY_HEADER_SIZE).ok_or(DecodeError { what: "entry header", offset: pos })?;
-        let len = entry_len(header).map_err(|e| DecodeError { offset: pos + e.offset, ..e })?;
+        let header = bytes.get(pos..pos + ENTRY_HEADER_SIZE).ok_or(DecodeError {
+            what: "entry header",
+            offset: pos,
+        })?;
+        let len = entry_len(header).map_err(|e| DecodeError {
+            offset: pos + e.offset,
+            ..e
+        })?;
         if pos + len > end {
-            return Err(DecodeError { what: "entry (runs past the end)", offset: pos });
+            return Err(DecodeError {
+                what: "entry (runs past the end)",
+                offset: pos,
+            });
         }
         out.push(pos as u32);
         pos += len;
@@ -139,7 +165,11 @@ pub fn parse_complete_chunk(bytes: &[u8]) -> Result<Vec<Entry<'_>>, ChunkError> 
         }
         for (i, (e, a)) in t.iter().zip(&scanned).enumerate() {
             if e != a {
-                return Err(ChunkError::PositionMismatch { index: i, expected: *e, actual: u64::from(*a) });
+                return Err(ChunkError::PositionMismatch {
+                    index: i,
+                    expected: *e,
+                    actual: u64::from(*a),
+                });
             }
         }
     }
@@ -155,10 +185,10 @@ pub fn list_chunks(dir: &Path) -> std::io::Result<Vec<ChunkName>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let e = e?;
-        if let Some(n) = e.file_name().to_str().and_then(ChunkName::parse) {
-            if e.file_type()?.is_file() {
-                out.push(n);
-            }
+        if let Some(n) = e.file_name().to_str().and_then(ChunkName::parse)
+            && e.file_type()?.is_file()
+        {
+            out.push(n);
         }
     }
     out.sort();
@@ -171,13 +201,42 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(ChunkName::parse("ledger_1"), Some(ChunkName { start: 1, end: None, committed: false }));
-        assert_eq!(ChunkName::parse("ledger_1-10"), Some(ChunkName { start: 1, end: Some(10), committed: false }));
+        assert_eq!(
+            ChunkName::parse("ledger_1"),
+            Some(ChunkName {
+                start: 1,
+                end: None,
+                committed: false
+            })
+        );
+        assert_eq!(
+            ChunkName::parse("ledger_1-10"),
+            Some(ChunkName {
+                start: 1,
+                end: Some(10),
+                committed: false
+            })
+        );
         assert_eq!(
             ChunkName::parse("ledger_11-20.committed"),
-            Some(ChunkName { start: 11, end: Some(20), committed: true })
+            Some(ChunkName {
+                start: 11,
+                end: Some(20),
+                committed: true
+            })
         );
-        for bad in ["ledger_", "ledger_0", "ledger_5-4", "ledger_1.committed", "ledger_a", "ledger_1-2.recovery", "snapshot_1_2.committed", "ledger_1-", "ledger_-1", "ledger_+1"] {
+        for bad in [
+            "ledger_",
+            "ledger_0",
+            "ledger_5-4",
+            "ledger_1.committed",
+            "ledger_a",
+            "ledger_1-2.recovery",
+            "snapshot_1_2.committed",
+            "ledger_1-",
+            "ledger_-1",
+            "ledger_+1",
+        ] {
             assert_eq!(ChunkName::parse(bad), None, "{bad}");
         }
         for n in ["ledger_1", "ledger_1-10", "ledger_11-20.committed"] {

@@ -31,7 +31,10 @@ impl<'a> Reader<'a> {
         self.remaining() == 0
     }
     pub fn err(&self, what: &'static str) -> DecodeError {
-        DecodeError { what, offset: self.pos }
+        DecodeError {
+            what,
+            offset: self.pos,
+        }
     }
     pub fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         if n > self.remaining() {
@@ -74,7 +77,11 @@ impl<'a> Reader<'a> {
     }
     /// A count (u64 LE) of items each at least `min_item_size` bytes long, checked against the
     /// remaining input so that a forged count cannot make the caller allocate without bound.
-    pub fn count(&mut self, min_item_size: usize, what: &'static str) -> Result<usize, DecodeError> {
+    pub fn count(
+        &mut self,
+        min_item_size: usize,
+        what: &'static str,
+    ) -> Result<usize, DecodeError> {
         let at = self.pos;
         let n = self.u64(what)?;
         if n.saturating_mul(min_item_size as u64) > self.remaining() as u64 {

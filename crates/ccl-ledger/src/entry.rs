@@ -61,7 +61,10 @@ impl EntryType {
         })
     }
     pub fn has_claims(self) -> bool {
-        matches!(self, EntryType::WriteSetWithClaims | EntryType::WriteSetWithCommitEvidenceAndClaims)
+        matches!(
+            self,
+            EntryType::WriteSetWithClaims | EntryType::WriteSetWithCommitEvidenceAndClaims
+        )
     }
     pub fn has_commit_evidence(self) -> bool {
         matches!(
@@ -105,7 +108,11 @@ impl MapWrites<'_> {
         OwnedMapWrites {
             name: self.name.to_string(),
             read_version: self.read_version,
-            writes: self.writes.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
+            writes: self
+                .writes
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect(),
             removes: self.removes.iter().map(|k| k.to_vec()).collect(),
         }
     }
@@ -128,7 +135,11 @@ fn put_map(out: &mut Vec<u8>, m: &MapWrites<'_>) {
 
 /// The 12-byte IV of an entry: seqno, then view with the snapshot bit.
 pub fn entry_iv(txid: TxId, snapshot: bool) -> [u8; IV_LEN] {
-    assert!(txid.view <= MAX_VIEW, "view {} exceeds the format's 31 bits", txid.view);
+    assert!(
+        txid.view <= MAX_VIEW,
+        "view {} exceeds the format's 31 bits",
+        txid.view
+    );
     let mut iv = [0u8; IV_LEN];
     iv[..8].copy_from_slice(&txid.seqno.to_le_bytes());
     let v = txid.view as u32 | if snapshot { IV_SNAPSHOT_BIT } else { 0 };
@@ -169,7 +180,16 @@ pub fn encode_transaction(
     for m in maps.iter().filter(|m| !is_public_map(m.name)) {
         put_map(out, m);
     }
-    seal(out, start, public_start, private_start, meta.txid, false, meta.flags, key);
+    seal(
+        out,
+        start,
+        public_start,
+        private_start,
+        meta.txid,
+        false,
+        meta.flags,
+        key,
+    );
     start..out.len()
 }
 
@@ -186,7 +206,10 @@ pub(crate) fn seal(
     key: &AesGcmKey,
 ) {
     let size = out.len() - start - ENTRY_HEADER_SIZE;
-    assert!(size <= MAX_ENTRY_SIZE, "entry of {size} bytes exceeds MAX_ENTRY_SIZE");
+    assert!(
+        size <= MAX_ENTRY_SIZE,
+        "entry of {size} bytes exceeds MAX_ENTRY_SIZE"
+    );
     let iv = entry_iv(txid, snapshot);
     let (head, private) = out.split_at_mut(private_start);
     let tag = key.seal(iv, &head[public_start..], private);
@@ -204,14 +227,20 @@ pub fn entry_len(header: &[u8]) -> Result<usize, DecodeError> {
     let mut r = Reader::new(header);
     let version = r.u8("entry version")?;
     if version != ENTRY_FORMAT_VERSION {
-        return Err(DecodeError { what: "entry version", offset: 0 });
+        return Err(DecodeError {
+            what: "entry version",
+            offset: 0,
+        });
     }
     r.u8("entry flags")?;
     let mut size = [0u8; 8];
     size[..6].copy_from_slice(r.bytes(6, "entry size")?);
     let size = u64::from_le_bytes(size) as usize;
-    if size > MAX_ENTRY_SIZE || size < GCM_HEADER_SIZE + 8 {
-        return Err(DecodeError { what: "entry size", offset: 2 });
+    if !(GCM_HEADER_SIZE + 8..=MAX_ENTRY_SIZE).contains(&size) {
+        return Err(DecodeError {
+            what: "entry size",
+            offset: 2,
+        });
     }
     Ok(ENTRY_HEADER_SIZE + size)
 }
@@ -235,7 +264,10 @@ impl<'a> Entry<'a> {
     pub fn parse(buf: &'a [u8]) -> Result<(Entry<'a>, usize), DecodeError> {
         let len = entry_len(buf)?;
         if len > buf.len() {
-            return Err(DecodeError { what: "entry (truncated)", offset: buf.len() });
+            return Err(DecodeError {
+                what: "entry (truncated)",
+                offset: buf.len(),
+            });
         }
         let raw = &buf[..len];
         let mut r = Reader::new(raw);
@@ -251,7 +283,16 @@ impl<'a> Entry<'a> {
         let v = u32::from_le_bytes(iv[8..].try_into().unwrap_or([0; 4]));
         let txid = TxId::new(u64::from(v & !IV_SNAPSHOT_BIT), seqno);
         Ok((
-            Entry { raw, flags, tag, iv, txid, is_snapshot: v & IV_SNAPSHOT_BIT != 0, public, private },
+            Entry {
+                raw,
+                flags,
+                tag,
+                iv,
+                txid,
+                is_snapshot: v & IV_SNAPSHOT_BIT != 0,
+                public,
+                private,
+            },
             len,
         ))
     }
@@ -299,9 +340,16 @@ impl<'a> PublicDomain<'a> {
     pub fn parse(buf: &'a [u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(buf);
         let t = r.u8("entry type")?;
-        let entry_type = EntryType::from_u8(t).ok_or(DecodeError { what: "entry type", offset: 0 })?;
+        let entry_type = EntryType::from_u8(t).ok_or(DecodeError {
+            what: "entry type",
+            offset: 0,
+        })?;
         let version = r.i64("version")?;
-        let claims_digest = if entry_type.has_claims() { Some(r.array("claims digest")?) } else { None };
+        let claims_digest = if entry_type.has_claims() {
+            Some(r.array("claims digest")?)
+        } else {
+            None
+        };
         let commit_evidence_digest = if entry_type.has_commit_evidence() {
             Some(r.array("commit evidence digest")?)
         } else {
@@ -314,14 +362,27 @@ impl<'a> PublicDomain<'a> {
             if vh.len() % 8 != 0 {
                 return Err(r.err("view history"));
             }
-            let view_history =
-                vh.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
-            Some(SnapshotHeader { hash_at_snapshot, view_history })
+            let view_history = vh
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect();
+            Some(SnapshotHeader {
+                hash_at_snapshot,
+                view_history,
+            })
         } else {
             None
         };
         let maps = r.bytes(r.remaining(), "maps")?;
-        Ok(PublicDomain { entry_type, version, claims_digest, commit_evidence_digest, max_conflict_version, snapshot, maps })
+        Ok(PublicDomain {
+            entry_type,
+            version,
+            claims_digest,
+            commit_evidence_digest,
+            max_conflict_version,
+            snapshot,
+            maps,
+        })
     }
 
     /// The leaf of this entry in the Merkle tree, given its write set digest:
@@ -349,12 +410,16 @@ pub struct MapIter<'a> {
 
 impl<'a> MapIter<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        MapIter { r: Reader::new(buf), failed: false }
+        MapIter {
+            r: Reader::new(buf),
+            failed: false,
+        }
     }
 
     fn next_map(&mut self) -> Result<MapWrites<'a>, DecodeError> {
         let r = &mut self.r;
-        let name = std::str::from_utf8(r.sized("map name")?).map_err(|_| r.err("map name (utf-8)"))?;
+        let name =
+            std::str::from_utf8(r.sized("map name")?).map_err(|_| r.err("map name (utf-8)"))?;
         let read_version = r.u64("read version")?;
         if r.u64("read count")? != 0 {
             return Err(r.err("read count (must be 0)"));
@@ -371,7 +436,12 @@ impl<'a> MapIter<'a> {
         for _ in 0..n {
             removes.push(r.sized("removed key")?);
         }
-        Ok(MapWrites { name, read_version, writes, removes })
+        Ok(MapWrites {
+            name,
+            read_version,
+            writes,
+            removes,
+        })
     }
 }
 
@@ -414,33 +484,65 @@ mod tests {
     #[test]
     fn public_and_private_maps_round_trip() {
         let maps = vec![
-            MapWrites { name: "public:a", read_version: 4, writes: vec![(b"k", b"v")], removes: vec![b"gone"] },
-            MapWrites { name: "secret", read_version: 4, writes: vec![(b"sk", b"TOPSECRET")], removes: vec![] },
+            MapWrites {
+                name: "public:a",
+                read_version: 4,
+                writes: vec![(b"k", b"v")],
+                removes: vec![b"gone"],
+            },
+            MapWrites {
+                name: "secret",
+                read_version: 4,
+                writes: vec![(b"sk", b"TOPSECRET")],
+                removes: vec![],
+            },
         ];
         let mut out = vec![0xAA]; // entries may follow other bytes in a buffer
         let range = encode_transaction(&mut out, &meta(5), &maps, &key());
         let bytes = &out[range.clone()];
-        assert!(!bytes.windows(9).any(|w| w == b"TOPSECRET"), "private plaintext leaked");
+        assert!(
+            !bytes.windows(9).any(|w| w == b"TOPSECRET"),
+            "private plaintext leaked"
+        );
         let (e, len) = Entry::parse(bytes).unwrap();
         assert_eq!(len, bytes.len());
         assert_eq!(e.txid, TxId::new(2, 5));
         assert!(!e.is_snapshot);
         let pd = e.public_domain().unwrap();
-        assert_eq!(pd.entry_type, EntryType::WriteSetWithCommitEvidenceAndClaims);
+        assert_eq!(
+            pd.entry_type,
+            EntryType::WriteSetWithCommitEvidenceAndClaims
+        );
         assert_eq!(pd.version, 5);
         assert_eq!(pd.claims_digest, Some([1u8; 32]));
-        assert_eq!(pd.map_iter().collect::<Result<Vec<_>, _>>().unwrap(), vec![maps[0].clone()]);
+        assert_eq!(
+            pd.map_iter().collect::<Result<Vec<_>, _>>().unwrap(),
+            vec![maps[0].clone()]
+        );
         let plain = e.decrypt_private(&key()).unwrap();
         assert_eq!(decode_maps(&plain).unwrap(), vec![maps[1].clone()]);
         let ws = e.write_set_digest();
-        assert_eq!(pd.leaf(&ws), ccl_crypto::sha256_parts(&[&ws, &[2u8; 32], &[1u8; 32]]));
+        assert_eq!(
+            pd.leaf(&ws),
+            ccl_crypto::sha256_parts(&[&ws, &[2u8; 32], &[1u8; 32]])
+        );
     }
 
     #[test]
     fn any_altered_byte_fails_the_tag_or_the_parse() {
         let maps = vec![
-            MapWrites { name: "public:a", read_version: 0, writes: vec![(b"k", b"v")], removes: vec![] },
-            MapWrites { name: "p", read_version: 0, writes: vec![(b"x", b"y")], removes: vec![] },
+            MapWrites {
+                name: "public:a",
+                read_version: 0,
+                writes: vec![(b"k", b"v")],
+                removes: vec![],
+            },
+            MapWrites {
+                name: "p",
+                read_version: 0,
+                writes: vec![(b"x", b"y")],
+                removes: vec![],
+            },
         ];
         let mut out = Vec::new();
         encode_transaction(&mut out, &meta(1), &maps, &key());
@@ -448,7 +550,11 @@ mod tests {
             let mut bad = out.clone();
             bad[i] ^= 0x01;
             let ok = match Entry::parse(&bad) {
-                Ok((e, len)) => len == bad.len() && e.decrypt_private(&key()).is_ok() && e.txid == TxId::new(2, 1),
+                Ok((e, len)) => {
+                    len == bad.len()
+                        && e.decrypt_private(&key()).is_ok()
+                        && e.txid == TxId::new(2, 1)
+                }
                 Err(_) => false,
             };
             // Byte 1 (flags) is not authenticated by the tag, like in CCF: the flags only steer

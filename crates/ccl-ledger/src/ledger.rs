@@ -29,20 +29,28 @@ pub struct LedgerOptions {
 
 impl Default for LedgerOptions {
     fn default() -> Self {
-        LedgerOptions { chunk_size: DEFAULT_CHUNK_SIZE }
+        LedgerOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger I/O on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("ledger directory is inconsistent: {0}")]
     Inconsistent(String),
     #[error("seqno {0} is not in the ledger")]
     NotFound(u64),
     #[error("chunk {path}: {source}")]
-    Chunk { path: PathBuf, source: chunk::ChunkError },
+    Chunk {
+        path: PathBuf,
+        source: chunk::ChunkError,
+    },
     #[error("cannot roll back to {to}: seqnos up to {committed} are committed")]
     RollbackCommitted { to: u64, committed: u64 },
     #[error("chunk would exceed {MAX_CHUNK_FILE_SIZE} bytes: signature transactions are too rare")]
@@ -50,7 +58,10 @@ pub enum LedgerError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
-    move |source| LedgerError::Io { path: path.to_path_buf(), source }
+    move |source| LedgerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What opening a ledger found.
@@ -122,7 +133,9 @@ impl SyncHandle {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 impl Ledger {
@@ -154,7 +167,10 @@ impl Ledger {
                 report.first_seqno = name.start;
             }
             if name.committed && seen_uncommitted {
-                return Err(LedgerError::Inconsistent(format!("{} follows an uncommitted chunk", name.file_name())));
+                return Err(LedgerError::Inconsistent(format!(
+                    "{} follows an uncommitted chunk",
+                    name.file_name()
+                )));
             }
             seen_uncommitted |= !name.committed;
             match name.end {
@@ -187,7 +203,9 @@ impl Ledger {
         }
         let shared = Arc::new(Shared {
             index: RwLock::new(index),
-            tables: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(TABLE_CACHE).expect("non-zero"))),
+            tables: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(TABLE_CACHE).expect("non-zero"),
+            )),
         });
         let ledger = Ledger {
             dir: dir.to_path_buf(),
@@ -223,25 +241,36 @@ impl Ledger {
             match Entry::parse(&bytes[pos..]) {
                 Err(e) => cut = Some(format!("entry {expected}: {e}")),
                 Ok((e, _)) if e.txid.seqno != expected => {
-                    cut = Some(format!("entry at offset {pos} has seqno {}, expected {expected}", e.txid.seqno))
+                    cut = Some(format!(
+                        "entry at offset {pos} has seqno {}, expected {expected}",
+                        e.txid.seqno
+                    ))
                 }
-                Ok((e, _)) if !check(&e) => cut = Some(format!("entry {expected} failed its integrity check")),
+                Ok((e, _)) if !check(&e) => {
+                    cut = Some(format!("entry {expected} failed its integrity check"))
+                }
                 Ok((_, len)) => {
                     positions.push(pos as u32);
                     pos += len;
                 }
             }
         }
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err(path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
         if let Some(reason) = cut {
             let removed = bytes.len() as u64 - pos as u64;
             tracing::warn!(path = %path.display(), removed, %reason, "cutting the ledger's torn tail");
             if pos < CHUNK_HEADER_SIZE {
                 file.set_len(0).map_err(io_err(path))?;
-                file.write_all_at(&[0u8; CHUNK_HEADER_SIZE], 0).map_err(io_err(path))?;
+                file.write_all_at(&[0u8; CHUNK_HEADER_SIZE], 0)
+                    .map_err(io_err(path))?;
                 pos = CHUNK_HEADER_SIZE;
             } else {
-                file.write_all_at(&[0u8; CHUNK_HEADER_SIZE], 0).map_err(io_err(path))?;
+                file.write_all_at(&[0u8; CHUNK_HEADER_SIZE], 0)
+                    .map_err(io_err(path))?;
                 file.set_len(pos as u64).map_err(io_err(path))?;
             }
             file.sync_all().map_err(io_err(path))?;
@@ -274,13 +303,18 @@ impl Ledger {
 
     /// Whether there is an in-progress chunk with entries in it.
     pub fn has_open_chunk(&self) -> bool {
-        self.current.as_ref().is_some_and(|c| !c.positions.is_empty())
+        self.current
+            .as_ref()
+            .is_some_and(|c| !c.positions.is_empty())
     }
 
     /// For an empty ledger: the seqno it starts at (a node that joined from a snapshot at `s`
     /// starts at `s + 1`).
     pub fn set_start(&mut self, first_seqno: u64) {
-        assert!(self.last_seqno + 1 == self.first_seqno && self.current.is_none(), "the ledger is not empty");
+        assert!(
+            self.last_seqno + 1 == self.first_seqno && self.current.is_none(),
+            "the ledger is not empty"
+        );
         assert!(first_seqno >= 1);
         self.first_seqno = first_seqno;
         self.last_seqno = first_seqno - 1;
@@ -289,17 +323,42 @@ impl Ledger {
 
     /// A reader that can be used from other threads while this ledger appends.
     pub fn reader(&self) -> LedgerReader {
-        LedgerReader { shared: self.shared.clone() }
+        LedgerReader {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Buffers entry `seqno` (which must follow the last one). A signature transaction completes
     /// the chunk once it has reached the configured size, or when `force_chunk_end` is set.
-    pub fn append(&mut self, seqno: u64, entry: &[u8], signature: bool, force_chunk_end: bool) -> Result<(), LedgerError> {
-        assert_eq!(seqno, self.last_seqno + 1, "ledger appends must be consecutive");
+    pub fn append(
+        &mut self,
+        seqno: u64,
+        entry: &[u8],
+        signature: bool,
+        force_chunk_end: bool,
+    ) -> Result<(), LedgerError> {
+        assert_eq!(
+            seqno,
+            self.last_seqno + 1,
+            "ledger appends must be consecutive"
+        );
         if self.current.is_none() {
-            let path = self.dir.join(ChunkName { start: seqno, end: None, committed: false }.file_name());
-            let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(io_err(&path))?;
-            file.write_all_at(&[0u8; CHUNK_HEADER_SIZE], 0).map_err(io_err(&path))?;
+            let path = self.dir.join(
+                ChunkName {
+                    start: seqno,
+                    end: None,
+                    committed: false,
+                }
+                .file_name(),
+            );
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            file.write_all_at(&[0u8; CHUNK_HEADER_SIZE], 0)
+                .map_err(io_err(&path))?;
             self.current = Some(Current {
                 start: seqno,
                 path,
@@ -328,12 +387,14 @@ impl Ledger {
 
     /// Writes buffered entries to the file (no fsync) and makes them readable.
     fn write_out(&mut self) -> Result<(), LedgerError> {
-        if let Some(c) = self.current.as_mut() {
-            if !c.buf.is_empty() {
-                c.file.write_all_at(&c.buf, c.written).map_err(io_err(&c.path))?;
-                c.written += c.buf.len() as u64;
-                c.buf.clear();
-            }
+        if let Some(c) = self.current.as_mut()
+            && !c.buf.is_empty()
+        {
+            c.file
+                .write_all_at(&c.buf, c.written)
+                .map_err(io_err(&c.path))?;
+            c.written += c.buf.len() as u64;
+            c.buf.clear();
         }
         self.publish();
         Ok(())
@@ -349,19 +410,31 @@ impl Ledger {
         // Entries are written whole, so an entry is readable iff it starts before `written`.
         let written_count = c.positions.partition_point(|&p| u64::from(p) < c.written);
         match &mut idx.current {
-            Some((start, file, positions, written)) if *start == c.start && positions.len() <= written_count => {
+            Some((start, file, positions, written))
+                if *start == c.start && positions.len() <= written_count =>
+            {
                 positions.extend_from_slice(&c.positions[positions.len()..written_count]);
                 *written = c.written;
                 *file = c.file.clone();
             }
-            slot => *slot = Some((c.start, c.file.clone(), c.positions[..written_count].to_vec(), c.written)),
+            slot => {
+                *slot = Some((
+                    c.start,
+                    c.file.clone(),
+                    c.positions[..written_count].to_vec(),
+                    c.written,
+                ))
+            }
         }
     }
 
     /// Writes everything appended so far to the file and returns a handle that fsyncs it.
     pub fn sync_handle(&mut self) -> Result<SyncHandle, LedgerError> {
         self.write_out()?;
-        Ok(SyncHandle { file: self.current.as_ref().map(|c| c.file.clone()), seqno: self.last_seqno })
+        Ok(SyncHandle {
+            file: self.current.as_ref().map(|c| c.file.clone()),
+            seqno: self.last_seqno,
+        })
     }
 
     /// Writes out and fsyncs: every entry appended so far is durable when this returns.
@@ -374,7 +447,9 @@ impl Ledger {
     /// Completes the in-progress chunk: positions table, header, fsync, rename to `ledger_a-b`.
     fn complete_current(&mut self) -> Result<(), LedgerError> {
         self.write_out()?;
-        let Some(c) = self.current.take() else { return Ok(()) };
+        let Some(c) = self.current.take() else {
+            return Ok(());
+        };
         let table_offset = c.len;
         let mut table = Vec::with_capacity(c.positions.len() * 4);
         for p in &c.positions {
@@ -382,10 +457,16 @@ impl Ledger {
         }
         let io = io_err(&c.path);
         c.file.write_all_at(&table, table_offset).map_err(io)?;
-        c.file.write_all_at(&table_offset.to_le_bytes(), 0).map_err(io_err(&c.path))?;
+        c.file
+            .write_all_at(&table_offset.to_le_bytes(), 0)
+            .map_err(io_err(&c.path))?;
         c.file.sync_data().map_err(io_err(&c.path))?;
         let end = c.start + c.positions.len() as u64 - 1;
-        let name = ChunkName { start: c.start, end: Some(end), committed: false };
+        let name = ChunkName {
+            start: c.start,
+            end: Some(end),
+            committed: false,
+        };
         let path = self.dir.join(name.file_name());
         std::fs::rename(&c.path, &path).map_err(io_err(&path))?;
         sync_dir(&self.dir)?;
@@ -398,7 +479,10 @@ impl Ledger {
             .tables
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .put(c.start, (c.file.clone(), Arc::new(c.positions), table_offset));
+            .put(
+                c.start,
+                (c.file.clone(), Arc::new(c.positions), table_offset),
+            );
         Ok(())
     }
 
@@ -415,7 +499,10 @@ impl Ledger {
         for c in idx.complete.iter_mut() {
             let end = c.name.end.expect("complete chunks have an end");
             if !c.name.committed && end <= seqno {
-                let name = ChunkName { committed: true, ..c.name };
+                let name = ChunkName {
+                    committed: true,
+                    ..c.name
+                };
                 let path = self.dir.join(name.file_name());
                 std::fs::rename(&c.path, &path).map_err(io_err(&path))?;
                 *c = CompleteChunk { name, path };
@@ -435,7 +522,10 @@ impl Ledger {
             return Ok(());
         }
         if seqno < self.committed_seqno {
-            return Err(LedgerError::RollbackCommitted { to: seqno, committed: self.committed_seqno });
+            return Err(LedgerError::RollbackCommitted {
+                to: seqno,
+                committed: self.committed_seqno,
+            });
         }
         // The in-progress chunk.
         if let Some(mut c) = self.current.take() {
@@ -453,7 +543,11 @@ impl Ledger {
                 c.len = cut_at;
                 self.current = Some(c);
                 self.last_seqno = seqno;
-                self.shared.index.write().unwrap_or_else(|p| p.into_inner()).current = None;
+                self.shared
+                    .index
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .current = None;
                 self.publish();
                 return Ok(());
             }
@@ -467,23 +561,50 @@ impl Ledger {
             if end <= seqno {
                 break;
             }
-            assert!(!last.name.committed, "committed chunks are never rolled back");
+            assert!(
+                !last.name.committed,
+                "committed chunks are never rolled back"
+            );
             idx.complete.pop();
-            self.shared.tables.lock().unwrap_or_else(|p| p.into_inner()).pop(&last.name.start);
+            self.shared
+                .tables
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop(&last.name.start);
             if last.name.start > seqno {
                 std::fs::remove_file(&last.path).map_err(io_err(&last.path))?;
                 continue;
             }
             let bytes = std::fs::read(&last.path).map_err(io_err(&last.path))?;
             let table = chunk::read_table(&bytes)
-                .map_err(|source| LedgerError::Chunk { path: last.path.clone(), source })?
-                .ok_or_else(|| LedgerError::Inconsistent(format!("{} has no positions table", last.path.display())))?;
+                .map_err(|source| LedgerError::Chunk {
+                    path: last.path.clone(),
+                    source,
+                })?
+                .ok_or_else(|| {
+                    LedgerError::Inconsistent(format!(
+                        "{} has no positions table",
+                        last.path.display()
+                    ))
+                })?;
             let keep = (seqno - last.name.start + 1) as usize;
             let cut_at = u64::from(table[keep]);
-            let path = self.dir.join(ChunkName { start: last.name.start, end: None, committed: false }.file_name());
-            let file = OpenOptions::new().read(true).write(true).open(&last.path).map_err(io_err(&last.path))?;
+            let path = self.dir.join(
+                ChunkName {
+                    start: last.name.start,
+                    end: None,
+                    committed: false,
+                }
+                .file_name(),
+            );
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&last.path)
+                .map_err(io_err(&last.path))?;
             file.set_len(cut_at).map_err(io_err(&last.path))?;
-            file.write_all_at(&[0u8; CHUNK_HEADER_SIZE], 0).map_err(io_err(&last.path))?;
+            file.write_all_at(&[0u8; CHUNK_HEADER_SIZE], 0)
+                .map_err(io_err(&last.path))?;
             file.sync_all().map_err(io_err(&last.path))?;
             std::fs::rename(&last.path, &path).map_err(io_err(&path))?;
             self.current = Some(Current {
@@ -517,18 +638,22 @@ impl LedgerReader {
     pub fn read_entry(&self, seqno: u64) -> Result<Vec<u8>, LedgerError> {
         let (start, path) = {
             let idx = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
-            if let Some((start, file, positions, written)) = &idx.current {
-                if seqno >= *start && seqno < start + positions.len() as u64 {
-                    let i = (seqno - start) as usize;
-                    let from = u64::from(positions[i]);
-                    let to = positions.get(i + 1).map_or(*written, |p| u64::from(*p));
-                    let file = file.clone();
-                    drop(idx);
-                    return read_at(&file, from, to, Path::new("in-progress chunk"));
-                }
+            if let Some((start, file, positions, written)) = &idx.current
+                && seqno >= *start
+                && seqno < start + positions.len() as u64
+            {
+                let i = (seqno - start) as usize;
+                let from = u64::from(positions[i]);
+                let to = positions.get(i + 1).map_or(*written, |p| u64::from(*p));
+                let file = file.clone();
+                drop(idx);
+                return read_at(&file, from, to, Path::new("in-progress chunk"));
             }
             let i = idx.complete.partition_point(|c| c.name.start <= seqno);
-            let c = i.checked_sub(1).map(|i| &idx.complete[i]).ok_or(LedgerError::NotFound(seqno))?;
+            let c = i
+                .checked_sub(1)
+                .map(|i| &idx.complete[i])
+                .ok_or(LedgerError::NotFound(seqno))?;
             if seqno > c.name.end.unwrap_or(0) {
                 return Err(LedgerError::NotFound(seqno));
             }
@@ -541,8 +666,18 @@ impl LedgerReader {
         read_at(&file, from, to, &path)
     }
 
-    fn table(&self, start: u64, path: &Path) -> Result<(Arc<File>, Arc<Vec<u32>>, u64), LedgerError> {
-        if let Some(t) = self.shared.tables.lock().unwrap_or_else(|p| p.into_inner()).get(&start) {
+    fn table(
+        &self,
+        start: u64,
+        path: &Path,
+    ) -> Result<(Arc<File>, Arc<Vec<u32>>, u64), LedgerError> {
+        if let Some(t) = self
+            .shared
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&start)
+        {
             return Ok(t.clone());
         }
         // The chunk may be renamed (committed) between the index lookup and the open: retry by
@@ -552,7 +687,10 @@ impl LedgerReader {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let p = {
                     let idx = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
-                    idx.complete.iter().find(|c| c.name.start == start).map(|c| c.path.clone())
+                    idx.complete
+                        .iter()
+                        .find(|c| c.name.start == start)
+                        .map(|c| c.path.clone())
                 };
                 File::open(p.as_deref().unwrap_or(path)).map_err(io_err(path))?
             }
@@ -562,18 +700,29 @@ impl LedgerReader {
         let mut h = [0u8; 8];
         file.read_exact_at(&mut h, 0).map_err(io_err(path))?;
         let offset = u64::from_le_bytes(h);
-        let range = chunk::table_bytes(offset, len).map_err(|source| LedgerError::Chunk { path: path.into(), source })?;
+        let range = chunk::table_bytes(offset, len).map_err(|source| LedgerError::Chunk {
+            path: path.into(),
+            source,
+        })?;
         let mut table = vec![0u8; range.len()];
-        file.read_exact_at(&mut table, offset).map_err(io_err(path))?;
+        file.read_exact_at(&mut table, offset)
+            .map_err(io_err(path))?;
         let t = (Arc::new(file), Arc::new(chunk::parse_table(&table)), offset);
-        self.shared.tables.lock().unwrap_or_else(|p| p.into_inner()).put(start, t.clone());
+        self.shared
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(start, t.clone());
         Ok(t)
     }
 }
 
 fn read_at(file: &File, from: u64, to: u64, path: &Path) -> Result<Vec<u8>, LedgerError> {
     if to < from || to - from > crate::entry::MAX_ENTRY_SIZE as u64 + 64 {
-        return Err(LedgerError::Inconsistent(format!("bad entry range {from}..{to} in {}", path.display())));
+        return Err(LedgerError::Inconsistent(format!(
+            "bad entry range {from}..{to} in {}",
+            path.display()
+        )));
     }
     let mut buf = vec![0u8; (to - from) as usize];
     file.read_exact_at(&mut buf, from).map_err(io_err(path))?;
@@ -593,7 +742,12 @@ mod tests {
 
     fn entry(seqno: u64) -> Vec<u8> {
         let value = format!("value-{seqno}-{}", "x".repeat((seqno % 50) as usize));
-        let maps = [MapWrites { name: "public:m", read_version: 0, writes: vec![(b"k", value.as_bytes())], removes: vec![] }];
+        let maps = [MapWrites {
+            name: "public:m",
+            read_version: 0,
+            writes: vec![(b"k", value.as_bytes())],
+            removes: vec![],
+        }];
         let meta = TxMeta {
             txid: TxId::new(1, seqno),
             claims_digest: [0; 32],
@@ -615,7 +769,10 @@ mod tests {
     }
 
     fn files(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         v.sort_by_key(|n| ChunkName::parse(n).map(|c| c.start));
         v
     }
@@ -637,7 +794,10 @@ mod tests {
         for s in 1..=100u64 {
             assert_eq!(reader.read_entry(s).unwrap(), entry(s), "seqno {s}");
         }
-        assert!(matches!(reader.read_entry(101), Err(LedgerError::NotFound(101))));
+        assert!(matches!(
+            reader.read_entry(101),
+            Err(LedgerError::NotFound(101))
+        ));
         l.commit(55).unwrap();
         let names = files(dir.path());
         for n in &names {
@@ -656,7 +816,10 @@ mod tests {
         }
         drop(l);
         let (l, r) = open(dir.path(), 1000);
-        assert_eq!((r.last_seqno, r.committed_seqno, r.truncated), (100, 50, None));
+        assert_eq!(
+            (r.last_seqno, r.committed_seqno, r.truncated),
+            (100, 50, None)
+        );
         for s in 1..=100u64 {
             assert_eq!(l.reader().read_entry(s).unwrap(), entry(s));
         }
@@ -693,7 +856,10 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let (mut l, r) = open(dir.path(), 1 << 20);
         assert_eq!(r.last_seqno, 18);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), u64::from(positions[18]));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            u64::from(positions[18])
+        );
         // Appending continues after the cut.
         l.append(19, &entry(19), false, false).unwrap();
         l.sync().unwrap();
@@ -709,7 +875,10 @@ mod tests {
         }
         l.sync().unwrap();
         l.commit(20).unwrap();
-        assert!(matches!(l.truncate(10), Err(LedgerError::RollbackCommitted { .. })));
+        assert!(matches!(
+            l.truncate(10),
+            Err(LedgerError::RollbackCommitted { .. })
+        ));
         for cut in [58u64, 45, 33, 21] {
             l.truncate(cut).unwrap();
             assert_eq!(l.last_seqno(), cut);
@@ -727,7 +896,8 @@ mod tests {
         }
         l.sync().unwrap();
         drop(l);
-        let (l, r) = Ledger::open(dir.path(), LedgerOptions { chunk_size: 500 }, &mut |_| true).unwrap();
+        let (l, r) =
+            Ledger::open(dir.path(), LedgerOptions { chunk_size: 500 }, &mut |_| true).unwrap();
         assert_eq!(r.last_seqno, 40);
         for s in 1..=21u64 {
             assert_eq!(l.reader().read_entry(s).unwrap(), entry(s));

@@ -13,5 +13,6 @@ pub mod secrets;
 pub mod snapshot;
 pub mod tables;
 pub mod txid;
+pub mod verify;
 
 pub use txid::TxId;

@@ -40,7 +40,9 @@ pub fn root_from_proof(leaf: &Digest32, proof: &[ProofStep]) -> Digest32 {
 pub enum MerkleError {
     #[error("leaf {index} is not in a tree of {size} leaves")]
     OutOfRange { index: u64, size: u64 },
-    #[error("tree node at level {level} index {index} is not available (the tree starts at leaf {base})")]
+    #[error(
+        "tree node at level {level} index {index} is not available (the tree starts at leaf {base})"
+    )]
     Pruned { level: u32, index: u64, base: u64 },
     #[error("merkle tree storage: {0}")]
     Io(#[from] std::io::Error),
@@ -115,10 +117,13 @@ impl Frontier {
     pub fn from_bytes(b: &[u8]) -> Option<Self> {
         let size = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
         let rest = &b[8..];
-        if rest.len() % 32 != 0 {
+        if !rest.len().is_multiple_of(32) {
             return None;
         }
-        let peaks = rest.chunks_exact(32).map(|c| c.try_into().expect("32-byte chunk")).collect();
+        let peaks = rest
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32-byte chunk"))
+            .collect();
         Self::from_parts(size, peaks)
     }
 }
@@ -148,7 +153,9 @@ pub struct MemNodeStore {
 
 impl MemNodeStore {
     pub fn new() -> Self {
-        MemNodeStore { levels: vec![(0, Vec::new()); LEVELS] }
+        MemNodeStore {
+            levels: vec![(0, Vec::new()); LEVELS],
+        }
     }
 }
 
@@ -166,14 +173,20 @@ impl NodeStore for MemNodeStore {
             .checked_sub(*s)
             .and_then(|i| v.get(i as usize))
             .copied()
-            .ok_or(MerkleError::Pruned { level, index, base: *s << level })
+            .ok_or(MerkleError::Pruned {
+                level,
+                index,
+                base: *s << level,
+            })
     }
     fn push(&mut self, level: u32, index: u64, node: &Digest32) -> Result<(), MerkleError> {
         let (s, v) = &mut self.levels[level as usize];
         if v.is_empty() {
             *s = index;
         } else if *s + v.len() as u64 != index {
-            return Err(MerkleError::Corrupt(format!("push of node {index} at level {level} out of order")));
+            return Err(MerkleError::Corrupt(format!(
+                "push of node {index} at level {level} out of order"
+            )));
         }
         v.push(*node);
         Ok(())
@@ -233,10 +246,19 @@ impl FileNodeStore {
             let mut h = [0u8; 8];
             file.read_exact_at(&mut h, 0)?;
             let written = (len - LEVEL_FILE_HEADER) / 32; // a torn trailing node is ignored
-            *slot = Some(LevelFile { file, start: u64::from_le_bytes(h), written, tail: Vec::new() });
+            *slot = Some(LevelFile {
+                file,
+                start: u64::from_le_bytes(h),
+                written,
+                tail: Vec::new(),
+            });
         }
         let cap = std::num::NonZeroUsize::new(cache_pages.max(1)).expect("max(1) is non-zero");
-        Ok(FileNodeStore { dir: dir.to_path_buf(), levels, cache: lru::LruCache::new(cap) })
+        Ok(FileNodeStore {
+            dir: dir.to_path_buf(),
+            levels,
+            cache: lru::LruCache::new(cap),
+        })
     }
 
     fn level_path(dir: &Path, level: u32) -> PathBuf {
@@ -244,7 +266,9 @@ impl FileNodeStore {
     }
 
     fn write_tail(&mut self, level: u32) -> Result<(), MerkleError> {
-        let Some(l) = self.levels[level as usize].as_mut() else { return Ok(()) };
+        let Some(l) = self.levels[level as usize].as_mut() else {
+            return Ok(());
+        };
         if l.tail.is_empty() {
             return Ok(());
         }
@@ -252,7 +276,8 @@ impl FileNodeStore {
         for n in &l.tail {
             buf.extend_from_slice(n);
         }
-        l.file.write_all_at(&buf, LEVEL_FILE_HEADER + l.written * 32)?;
+        l.file
+            .write_all_at(&buf, LEVEL_FILE_HEADER + l.written * 32)?;
         l.written += l.tail.len() as u64;
         l.tail.clear();
         Ok(())
@@ -269,24 +294,35 @@ impl NodeStore for FileNodeStore {
         self.levels[level as usize].as_ref().map_or(0, |l| l.start)
     }
     fn get(&mut self, level: u32, index: u64) -> Result<Digest32, MerkleError> {
-        let pruned = |s: u64| MerkleError::Pruned { level, index, base: s << level };
+        let pruned = |s: u64| MerkleError::Pruned {
+            level,
+            index,
+            base: s << level,
+        };
         let l = self.levels[level as usize].as_ref().ok_or(pruned(0))?;
         let rel = index.checked_sub(l.start).ok_or(pruned(l.start))?;
         if rel >= l.written {
-            return l.tail.get((rel - l.written) as usize).copied().ok_or(pruned(l.start));
+            return l
+                .tail
+                .get((rel - l.written) as usize)
+                .copied()
+                .ok_or(pruned(l.start));
         }
         let page = rel / PAGE_NODES;
         let offset = (rel % PAGE_NODES) as usize;
-        if let Some(p) = self.cache.get(&(level, page)) {
-            if let Some(n) = p.get(offset) {
-                return Ok(*n);
-            }
+        if let Some(p) = self.cache.get(&(level, page))
+            && let Some(n) = p.get(offset)
+        {
+            return Ok(*n);
         }
         let count = PAGE_NODES.min(l.written - page * PAGE_NODES) as usize;
         let mut buf = vec![0u8; count * 32];
-        l.file.read_exact_at(&mut buf, LEVEL_FILE_HEADER + page * PAGE_NODES * 32)?;
-        let nodes: Vec<Digest32> =
-            buf.chunks_exact(32).map(|c| c.try_into().expect("32-byte chunk")).collect();
+        l.file
+            .read_exact_at(&mut buf, LEVEL_FILE_HEADER + page * PAGE_NODES * 32)?;
+        let nodes: Vec<Digest32> = buf
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32-byte chunk"))
+            .collect();
         let n = nodes[offset];
         self.cache.put((level, page), nodes);
         Ok(n)
@@ -296,14 +332,26 @@ impl NodeStore for FileNodeStore {
         match slot {
             Some(l) if l.written + l.tail.len() as u64 > 0 => {
                 if l.start + l.written + l.tail.len() as u64 != index {
-                    return Err(MerkleError::Corrupt(format!("push of node {index} at level {level} out of order")));
+                    return Err(MerkleError::Corrupt(format!(
+                        "push of node {index} at level {level} out of order"
+                    )));
                 }
             }
             _ => {
                 let path = Self::level_path(&self.dir, level);
-                let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)?;
                 (&file).write_all(&index.to_le_bytes())?;
-                *slot = Some(LevelFile { file, start: index, written: 0, tail: Vec::new() });
+                *slot = Some(LevelFile {
+                    file,
+                    start: index,
+                    written: 0,
+                    tail: Vec::new(),
+                });
             }
         }
         let l = slot.as_mut().expect("level file opened above");
@@ -314,7 +362,9 @@ impl NodeStore for FileNodeStore {
         Ok(())
     }
     fn truncate(&mut self, level: u32, end: u64) -> Result<(), MerkleError> {
-        let Some(l) = self.levels[level as usize].as_mut() else { return Ok(()) };
+        let Some(l) = self.levels[level as usize].as_mut() else {
+            return Ok(());
+        };
         let keep = end.saturating_sub(l.start);
         if keep < l.written {
             l.tail.clear();
@@ -344,7 +394,10 @@ pub struct MerkleTree {
 
 impl std::fmt::Debug for MerkleTree {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MerkleTree").field("size", &self.frontier.size).field("base", &self.base).finish()
+        f.debug_struct("MerkleTree")
+            .field("size", &self.frontier.size)
+            .field("base", &self.base)
+            .finish()
     }
 }
 
@@ -357,7 +410,8 @@ fn split_point(n: u64) -> u64 {
 impl MerkleTree {
     /// An empty tree with nodes in memory.
     pub fn in_memory() -> Self {
-        Self::with_store(Box::new(MemNodeStore::new())).expect("an empty memory store is consistent")
+        Self::with_store(Box::new(MemNodeStore::new()))
+            .expect("an empty memory store is consistent")
     }
 
     /// A tree over an existing store (empty or written by a previous tree). Its size is the largest
@@ -376,7 +430,11 @@ impl MerkleTree {
                 n = n.min(((have + 1) << k) - 1);
             }
         }
-        let mut t = MerkleTree { frontier: Frontier::new(), base, store };
+        let mut t = MerkleTree {
+            frontier: Frontier::new(),
+            base,
+            store,
+        };
         if n > 0 {
             t.reset_to(n)?;
         }
@@ -385,7 +443,10 @@ impl MerkleTree {
 
     /// A tree that continues from `frontier` (e.g. from a snapshot); leaves before it are not
     /// available for proofs.
-    pub fn from_frontier(frontier: Frontier, store: Box<dyn NodeStore>) -> Result<Self, MerkleError> {
+    pub fn from_frontier(
+        frontier: Frontier,
+        store: Box<dyn NodeStore>,
+    ) -> Result<Self, MerkleError> {
         let size = frontier.size();
         let mut store = store;
         for k in 0..LEVELS as u32 {
@@ -398,7 +459,11 @@ impl MerkleTree {
                 store.push(k, (size >> k) - 1, p)?;
             }
         }
-        Ok(MerkleTree { frontier, base: size, store })
+        Ok(MerkleTree {
+            frontier,
+            base: size,
+            store,
+        })
     }
 
     /// Truncates the stored levels to `n` leaves and rebuilds the frontier from them.
@@ -453,7 +518,10 @@ impl MerkleTree {
     /// The root the tree had when it held `size` leaves.
     pub fn root_at(&mut self, size: u64) -> Result<Digest32, MerkleError> {
         if size == 0 || size > self.len() {
-            return Err(MerkleError::OutOfRange { index: size, size: self.len() });
+            return Err(MerkleError::OutOfRange {
+                index: size,
+                size: self.len(),
+            });
         }
         if size == self.len() {
             return Ok(self.root().expect("non-empty"));
@@ -464,14 +532,17 @@ impl MerkleTree {
     /// The leaf at `index`.
     pub fn leaf(&mut self, index: u64) -> Result<Digest32, MerkleError> {
         if index >= self.len() {
-            return Err(MerkleError::OutOfRange { index, size: self.len() });
+            return Err(MerkleError::OutOfRange {
+                index,
+                size: self.len(),
+            });
         }
         self.store.get(0, index)
     }
 
     /// The root of leaves `[start, start + len)`, a range of the RFC 6962 decomposition.
     fn subtree(&mut self, start: u64, len: u64) -> Result<Digest32, MerkleError> {
-        if len.is_power_of_two() && start % len == 0 {
+        if len.is_power_of_two() && start.is_multiple_of(len) {
             let level = len.trailing_zeros();
             return self.store.get(level, start >> level);
         }
@@ -485,10 +556,17 @@ impl MerkleTree {
     /// up.
     pub fn proof(&mut self, index: u64, size: u64) -> Result<Vec<ProofStep>, MerkleError> {
         if index >= size || size > self.len() {
-            return Err(MerkleError::OutOfRange { index, size: size.min(self.len()) });
+            return Err(MerkleError::OutOfRange {
+                index,
+                size: size.min(self.len()),
+            });
         }
         if index < self.base {
-            return Err(MerkleError::Pruned { level: 0, index, base: self.base });
+            return Err(MerkleError::Pruned {
+                level: 0,
+                index,
+                base: self.base,
+            });
         }
         let mut top_down = Vec::new();
         let (mut start, mut len) = (0u64, size);
@@ -513,7 +591,11 @@ impl MerkleTree {
             return Ok(());
         }
         if size < self.base {
-            return Err(MerkleError::Pruned { level: 0, index: size, base: self.base });
+            return Err(MerkleError::Pruned {
+                level: 0,
+                index: size,
+                base: self.base,
+            });
         }
         self.reset_to(size)
     }
@@ -536,7 +618,13 @@ mod tests {
         while level.len() > 1 {
             level = level
                 .chunks(2)
-                .map(|c| if c.len() == 2 { sha256_pair(&c[0], &c[1]) } else { c[0] })
+                .map(|c| {
+                    if c.len() == 2 {
+                        sha256_pair(&c[0], &c[1])
+                    } else {
+                        c[0]
+                    }
+                })
                 .collect();
         }
         level[0]
@@ -560,7 +648,15 @@ mod tests {
     }
 
     fn leaves(n: usize) -> Vec<Digest32> {
-        (0..n).map(|i| if i == 0 { [0u8; 32] } else { sha256(&(i as u64).to_le_bytes()) }).collect()
+        (0..n)
+            .map(|i| {
+                if i == 0 {
+                    [0u8; 32]
+                } else {
+                    sha256(&(i as u64).to_le_bytes())
+                }
+            })
+            .collect()
     }
 
     #[test]
@@ -598,21 +694,26 @@ mod tests {
     fn file_store_persists_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let ls = leaves(10_000);
-        let mut t = MerkleTree::with_store(Box::new(FileNodeStore::open(dir.path(), 4).unwrap())).unwrap();
+        let mut t =
+            MerkleTree::with_store(Box::new(FileNodeStore::open(dir.path(), 4).unwrap())).unwrap();
         for l in &ls {
             t.append(*l).unwrap();
         }
         t.flush().unwrap();
         let root = t.root().unwrap();
         drop(t);
-        let mut t = MerkleTree::with_store(Box::new(FileNodeStore::open(dir.path(), 4).unwrap())).unwrap();
+        let mut t =
+            MerkleTree::with_store(Box::new(FileNodeStore::open(dir.path(), 4).unwrap())).unwrap();
         assert_eq!(t.len(), 10_000);
         assert_eq!(t.root().unwrap(), root);
         for i in [0u64, 1, 127, 128, 4095, 4096, 9999] {
             let p = t.proof(i, 10_000).unwrap();
             assert_eq!(root_from_proof(&ls[i as usize], &p), root);
             let p = t.proof(i, i + 1).unwrap();
-            assert_eq!(root_from_proof(&ls[i as usize], &p), naive_root(&ls[..=i as usize]));
+            assert_eq!(
+                root_from_proof(&ls[i as usize], &p),
+                naive_root(&ls[..=i as usize])
+            );
         }
         // Unflushed nodes are lost at a crash; the reopened tree is consistent and shorter.
         for l in &ls[..5000] {
@@ -622,8 +723,14 @@ mod tests {
         drop(t);
         let lvl0 = dir.path().join("level_00.bin");
         let len = std::fs::metadata(&lvl0).unwrap().len();
-        std::fs::OpenOptions::new().write(true).open(&lvl0).unwrap().set_len(len - 32 * 100 - 5).unwrap();
-        let t = MerkleTree::with_store(Box::new(FileNodeStore::open(dir.path(), 4).unwrap())).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&lvl0)
+            .unwrap()
+            .set_len(len - 32 * 100 - 5)
+            .unwrap();
+        let t =
+            MerkleTree::with_store(Box::new(FileNodeStore::open(dir.path(), 4).unwrap())).unwrap();
         assert_eq!(t.len(), 15_000 - 101);
         let mut all = ls.clone();
         all.extend_from_slice(&ls[..5000]);
@@ -650,7 +757,10 @@ mod tests {
                 assert_eq!(pruned.proof(i, size).unwrap(), full.proof(i, size).unwrap());
             }
         }
-        assert!(matches!(pruned.proof(156, 300), Err(MerkleError::Pruned { .. })));
+        assert!(matches!(
+            pruned.proof(156, 300),
+            Err(MerkleError::Pruned { .. })
+        ));
         assert_eq!(pruned.root_at(200).unwrap(), full.root_at(200).unwrap());
         assert!(Frontier::from_bytes(&[1, 0, 0, 0, 0, 0, 0, 0]).is_none());
     }

@@ -27,7 +27,11 @@ impl LedgerSecret {
         let raw = Zeroizing::new(raw);
         // CCF: commit_secret = HMAC-SHA256(ledger secret, "Commit S").
         let commit_secret = Zeroizing::new(ccl_crypto::hash::hmac_sha256(&raw[..], b"Commit S"));
-        LedgerSecret { aead: AesGcmKey::new(&raw), commit: HmacKey::new(&commit_secret[..]), raw }
+        LedgerSecret {
+            aead: AesGcmKey::new(&raw),
+            commit: HmacKey::new(&commit_secret[..]),
+            raw,
+        }
     }
 
     /// A fresh random secret.
@@ -73,7 +77,9 @@ pub struct LedgerSecrets {
 
 impl LedgerSecrets {
     pub fn new(first: LedgerSecret) -> Self {
-        LedgerSecrets { secrets: vec![(1, first)] }
+        LedgerSecrets {
+            secrets: vec![(1, first)],
+        }
     }
 
     /// Adds a secret that applies from `from_seqno` on (a rekey).
@@ -116,10 +122,19 @@ mod tests {
         let ce = s.commit_evidence(TxId::new(2, 15));
         assert!(ce.starts_with("ce:2.15:"));
         assert_eq!(ce.len(), "ce:2.15:".len() + 64);
-        assert_eq!(ce, LedgerSecret::from_bytes([5u8; 32]).commit_evidence(TxId::new(2, 15)));
-        assert_ne!(ce, LedgerSecret::from_bytes([6u8; 32]).commit_evidence(TxId::new(2, 15)));
+        assert_eq!(
+            ce,
+            LedgerSecret::from_bytes([5u8; 32]).commit_evidence(TxId::new(2, 15))
+        );
+        assert_ne!(
+            ce,
+            LedgerSecret::from_bytes([6u8; 32]).commit_evidence(TxId::new(2, 15))
+        );
         assert_ne!(ce, s.commit_evidence(TxId::new(3, 15)));
-        assert_eq!(s.commit_evidence_digest(TxId::new(2, 15)), sha256(ce.as_bytes()));
+        assert_eq!(
+            s.commit_evidence_digest(TxId::new(2, 15)),
+            sha256(ce.as_bytes())
+        );
         assert!(!format!("{s:?}").contains("05"));
     }
 

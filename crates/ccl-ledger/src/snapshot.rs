@@ -84,12 +84,16 @@ pub struct SnapshotMapIter<'a> {
 
 impl<'a> SnapshotMapIter<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        SnapshotMapIter { r: Reader::new(buf), failed: false }
+        SnapshotMapIter {
+            r: Reader::new(buf),
+            failed: false,
+        }
     }
 
     fn next_map(&mut self) -> Result<SnapshotMap<'a>, DecodeError> {
         let r = &mut self.r;
-        let name = std::str::from_utf8(r.sized("map name")?).map_err(|_| r.err("map name (utf-8)"))?;
+        let name =
+            std::str::from_utf8(r.sized("map name")?).map_err(|_| r.err("map name (utf-8)"))?;
         let version = r.u64("map version")?;
         let size = r.len_prefix("map size")?;
         let mut body = Reader::new(r.bytes(size, "map body")?);
@@ -106,7 +110,11 @@ impl<'a> SnapshotMapIter<'a> {
             body.skip((8 - vlen % 8) % 8, "value padding")?;
             entries.push((k, ver, v));
         }
-        Ok(SnapshotMap { name, version, entries })
+        Ok(SnapshotMap {
+            name,
+            version,
+            entries,
+        })
     }
 }
 
@@ -138,9 +146,17 @@ impl SnapshotName {
             None => (rest, false),
         };
         let (a, b) = rest.split_once('_')?;
-        let num = |s: &str| (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())).then(|| s.parse::<u64>().ok()).flatten();
+        let num = |s: &str| {
+            (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+                .then(|| s.parse::<u64>().ok())
+                .flatten()
+        };
         let (seqno, evidence_seqno) = (num(a)?, num(b)?);
-        (evidence_seqno > seqno).then_some(SnapshotName { seqno, evidence_seqno, committed })
+        (evidence_seqno > seqno).then_some(SnapshotName {
+            seqno,
+            evidence_seqno,
+            committed,
+        })
     }
 
     pub fn file_name(&self) -> String {
@@ -148,7 +164,11 @@ impl SnapshotName {
             "snapshot_{}_{}{}",
             self.seqno,
             self.evidence_seqno,
-            if self.committed { crate::chunk::COMMITTED_SUFFIX } else { "" }
+            if self.committed {
+                crate::chunk::COMMITTED_SUFFIX
+            } else {
+                ""
+            }
         )
     }
 }
@@ -157,7 +177,10 @@ impl SnapshotName {
 pub fn split_snapshot_file(bytes: &[u8]) -> Result<(crate::entry::Entry<'_>, &[u8]), DecodeError> {
     let (entry, len) = crate::entry::Entry::parse(bytes)?;
     if !entry.is_snapshot {
-        return Err(DecodeError { what: "snapshot entry (IV lacks the snapshot bit)", offset: 0 });
+        return Err(DecodeError {
+            what: "snapshot entry (IV lacks the snapshot bit)",
+            offset: 0,
+        });
     }
     Ok((entry, &bytes[len..]))
 }
@@ -171,8 +194,16 @@ mod tests {
     fn round_trip() {
         let key = AesGcmKey::new(&[1u8; 32]);
         let maps = vec![
-            SnapshotMap { name: "public:a", version: 9, entries: vec![(b"k1", 3, b"v"), (b"key-twelve!!", 9, b"value of 9 bytes")] },
-            SnapshotMap { name: "private", version: 7, entries: vec![(b"s", 7, b"SECRETVALUE")] },
+            SnapshotMap {
+                name: "public:a",
+                version: 9,
+                entries: vec![(b"k1", 3, b"v"), (b"key-twelve!!", 9, b"value of 9 bytes")],
+            },
+            SnapshotMap {
+                name: "private",
+                version: 7,
+                entries: vec![(b"s", 7, b"SECRETVALUE")],
+            },
         ];
         let bytes = encode_snapshot(TxId::new(2, 10), &[5u8; 32], &[0, 1, 4], &maps, &key);
         assert!(!bytes.windows(11).any(|w| w == b"SECRETVALUE"));
@@ -184,17 +215,28 @@ mod tests {
         let sh = pd.snapshot.clone().unwrap();
         assert_eq!(sh.view_history, vec![0, 1, 4]);
         assert_eq!(sh.hash_at_snapshot, &[5u8; 32]);
-        let public: Vec<_> = SnapshotMapIter::new(pd.maps).collect::<Result<_, _>>().unwrap();
+        let public: Vec<_> = SnapshotMapIter::new(pd.maps)
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(public, vec![maps[0].clone()]);
         let plain = e.decrypt_private(&key).unwrap();
-        let private: Vec<_> = SnapshotMapIter::new(&plain).collect::<Result<_, _>>().unwrap();
+        let private: Vec<_> = SnapshotMapIter::new(&plain)
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(private, vec![maps[1].clone()]);
     }
 
     #[test]
     fn names() {
         let n = SnapshotName::parse("snapshot_100_105.committed").unwrap();
-        assert_eq!(n, SnapshotName { seqno: 100, evidence_seqno: 105, committed: true });
+        assert_eq!(
+            n,
+            SnapshotName {
+                seqno: 100,
+                evidence_seqno: 105,
+                committed: true
+            }
+        );
         assert_eq!(n.file_name(), "snapshot_100_105.committed");
         for bad in ["snapshot_100", "snapshot_5_5", "snapshot_a_b", "ledger_1_2"] {
             assert!(SnapshotName::parse(bad).is_none());

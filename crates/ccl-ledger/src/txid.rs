@@ -37,7 +37,8 @@ impl FromStr for TxId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || TxIdParseError(s.chars().take(64).collect());
         let (v, n) = s.split_once('.').ok_or_else(err)?;
-        let digits = |t: &str| !t.is_empty() && t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit());
+        let digits =
+            |t: &str| !t.is_empty() && t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit());
         if !digits(v) || !digits(n) {
             return Err(err());
         }
@@ -58,7 +59,21 @@ mod tests {
     #[test]
     fn parses_strictly() {
         assert_eq!("2.15".parse::<TxId>().unwrap(), TxId::new(2, 15));
-        for bad in ["", ".", "2.", ".3", "2.3.4", "a.b", "-1.2", "+1.2", " 1.2", "1.2 ", "1,2", "99999999999.1", "1.99999999999999999999"] {
+        for bad in [
+            "",
+            ".",
+            "2.",
+            ".3",
+            "2.3.4",
+            "a.b",
+            "-1.2",
+            "+1.2",
+            " 1.2",
+            "1.2 ",
+            "1,2",
+            "99999999999.1",
+            "1.99999999999999999999",
+        ] {
             assert!(bad.parse::<TxId>().is_err(), "{bad:?}");
         }
     }

@@ -38,12 +38,17 @@ pub enum ReceiptError {
     NodeIdMismatch,
     #[error("the signature over the Merkle root does not verify with the node certificate")]
     BadSignature,
-    #[error("the claims digest of the application claims ({computed}) is not the receipt's ({receipt})")]
+    #[error(
+        "the claims digest of the application claims ({computed}) is not the receipt's ({receipt})"
+    )]
     ClaimsMismatch { computed: String, receipt: String },
 }
 
 fn malformed(field: &'static str, reason: impl Into<String>) -> ReceiptError {
-    ReceiptError::Malformed { field, reason: reason.into() }
+    ReceiptError::Malformed {
+        field,
+        reason: reason.into(),
+    }
 }
 
 /// What a transaction's Merkle leaf is made of.
@@ -56,7 +61,11 @@ pub struct LeafComponents {
 
 impl LeafComponents {
     pub fn leaf(&self) -> Digest32 {
-        sha256_parts(&[&self.write_set_digest, &sha256(self.commit_evidence.as_bytes()), &self.claims_digest])
+        sha256_parts(&[
+            &self.write_set_digest,
+            &sha256(self.commit_evidence.as_bytes()),
+            &self.claims_digest,
+        ])
     }
 }
 
@@ -116,7 +125,9 @@ impl Receipt {
     /// Parses a receipt in Azure Confidential Ledger's shape (`{"receipt": {...}, "state",
     /// "transactionId"}` or the inner object) or CCF's (snake_case).
     pub fn from_json(v: &Value) -> Result<Receipt, ReceiptError> {
-        let top = v.as_object().ok_or_else(|| malformed("receipt", "not a JSON object"))?;
+        let top = v
+            .as_object()
+            .ok_or_else(|| malformed("receipt", "not a JSON object"))?;
         let (inner, txid) = match top.get("receipt") {
             Some(Value::Object(inner)) => {
                 let txid = match field(top, "transactionId", "transaction_id") {
@@ -124,10 +135,13 @@ impl Receipt {
                     Some(Value::String(t)) => Some(t.clone()),
                     Some(_) => return Err(malformed("transactionId", "not a string")),
                 };
-                if let Some(state) = top.get("state") {
-                    if state != "Ready" {
-                        return Err(malformed("state", format!("{state} (the receipt is not ready)")));
-                    }
+                if let Some(state) = top.get("state")
+                    && state != "Ready"
+                {
+                    return Err(malformed(
+                        "state",
+                        format!("{state} (the receipt is not ready)"),
+                    ));
                 }
                 (inner, txid)
             }
@@ -148,46 +162,90 @@ impl Receipt {
             None => return Err(malformed("leafComponents", "missing")),
         };
         let leaf = LeafComponents {
-            write_set_digest: digest(field(lc, "writeSetDigest", "write_set_digest"), "writeSetDigest")?,
-            commit_evidence: string(field(lc, "commitEvidence", "commit_evidence"), "commitEvidence")?.to_string(),
+            write_set_digest: digest(
+                field(lc, "writeSetDigest", "write_set_digest"),
+                "writeSetDigest",
+            )?,
+            commit_evidence: string(
+                field(lc, "commitEvidence", "commit_evidence"),
+                "commitEvidence",
+            )?
+            .to_string(),
             claims_digest: digest(field(lc, "claimsDigest", "claims_digest"), "claimsDigest")?,
         };
-        let steps = inner.get("proof").and_then(Value::as_array).ok_or_else(|| malformed("proof", "missing or not an array"))?;
+        let steps = inner
+            .get("proof")
+            .and_then(Value::as_array)
+            .ok_or_else(|| malformed("proof", "missing or not an array"))?;
         if steps.len() > MAX_PROOF_LEN {
-            return Err(malformed("proof", format!("{} steps, more than {MAX_PROOF_LEN}", steps.len())));
+            return Err(malformed(
+                "proof",
+                format!("{} steps, more than {MAX_PROOF_LEN}", steps.len()),
+            ));
         }
         let mut proof = Vec::with_capacity(steps.len());
         for s in steps {
-            let o = s.as_object().ok_or_else(|| malformed("proof", "a step is not an object"))?;
+            let o = s
+                .as_object()
+                .ok_or_else(|| malformed("proof", "a step is not an object"))?;
             proof.push(match (o.get("left"), o.get("right"), o.len()) {
                 (Some(l), None, 1) => ProofStep::Left(digest(Some(l), "proof")?),
                 (None, Some(r), 1) => ProofStep::Right(digest(Some(r), "proof")?),
-                _ => return Err(malformed("proof", "a step must hold exactly one of left or right")),
+                _ => {
+                    return Err(malformed(
+                        "proof",
+                        "a step must hold exactly one of left or right",
+                    ));
+                }
             });
         }
-        let is_signature_transaction = match field(inner, "isSignatureTransaction", "is_signature_transaction") {
-            None => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(malformed("is_signature_transaction", "not a boolean")),
-        };
-        let service_endorsements = match field(inner, "serviceEndorsements", "service_endorsements") {
+        let is_signature_transaction =
+            match field(inner, "isSignatureTransaction", "is_signature_transaction") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(malformed("is_signature_transaction", "not a boolean")),
+            };
+        let service_endorsements = match field(inner, "serviceEndorsements", "service_endorsements")
+        {
             None => Vec::new(),
             Some(Value::Array(a)) if a.len() <= MAX_ENDORSEMENTS => a
                 .iter()
-                .map(|e| e.as_str().map(str::to_string).ok_or_else(|| malformed("serviceEndorsements", "not a string")))
+                .map(|e| {
+                    e.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| malformed("serviceEndorsements", "not a string"))
+                })
                 .collect::<Result<_, _>>()?,
-            Some(Value::Array(_)) => return Err(malformed("serviceEndorsements", format!("more than {MAX_ENDORSEMENTS}"))),
+            Some(Value::Array(_)) => {
+                return Err(malformed(
+                    "serviceEndorsements",
+                    format!("more than {MAX_ENDORSEMENTS}"),
+                ));
+            }
             Some(_) => return Err(malformed("serviceEndorsements", "not an array")),
         };
-        Ok(Receipt { txid, cert, node_id, signature, proof, leaf, is_signature_transaction, service_endorsements })
+        Ok(Receipt {
+            txid,
+            cert,
+            node_id,
+            signature,
+            proof,
+            leaf,
+            is_signature_transaction,
+            service_endorsements,
+        })
     }
 
     /// Parses a receipt document of at most [`MAX_RECEIPT_JSON`] bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Receipt, ReceiptError> {
         if bytes.len() > MAX_RECEIPT_JSON {
-            return Err(malformed("receipt", format!("larger than {MAX_RECEIPT_JSON} bytes")));
+            return Err(malformed(
+                "receipt",
+                format!("larger than {MAX_RECEIPT_JSON} bytes"),
+            ));
         }
-        let v: Value = serde_json::from_slice(bytes).map_err(|e| malformed("receipt", format!("not JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(bytes)
+            .map_err(|e| malformed("receipt", format!("not JSON: {e}")))?;
         Self::from_json(&v)
     }
 
@@ -249,29 +307,48 @@ impl Receipt {
     /// the service (through the endorsements, if any), node id = hash of the node key, signature
     /// over the root recomputed from the leaf and the proof.
     pub fn verify(&self, service_cert_pem: &str) -> Result<(), ReceiptError> {
-        let service = Certificate::from_pem(service_cert_pem)
-            .map_err(|e| ReceiptError::BadCertificate { which: "of the service", reason: e.to_string() })?;
-        let node = Certificate::from_pem(&self.cert)
-            .map_err(|e| ReceiptError::BadCertificate { which: "of the node", reason: e.to_string() })?;
+        let service =
+            Certificate::from_pem(service_cert_pem).map_err(|e| ReceiptError::BadCertificate {
+                which: "of the service",
+                reason: e.to_string(),
+            })?;
+        let node = Certificate::from_pem(&self.cert).map_err(|e| ReceiptError::BadCertificate {
+            which: "of the node",
+            reason: e.to_string(),
+        })?;
         let mut endorsee = node.clone();
         for (i, pem) in self.service_endorsements.iter().enumerate() {
-            let e = Certificate::from_pem(pem)
-                .map_err(|e| ReceiptError::BadCertificate { which: "of a service endorsement", reason: e.to_string() })?;
-            endorsee.verify_issued_by(&e).map_err(|_| ReceiptError::NotEndorsed(format!(" (endorsement {i} does not sign the chain)")))?;
+            let e = Certificate::from_pem(pem).map_err(|e| ReceiptError::BadCertificate {
+                which: "of a service endorsement",
+                reason: e.to_string(),
+            })?;
+            endorsee.verify_issued_by(&e).map_err(|_| {
+                ReceiptError::NotEndorsed(format!(" (endorsement {i} does not sign the chain)"))
+            })?;
             endorsee = e;
         }
-        endorsee.verify_issued_by(&service).map_err(|_| ReceiptError::NotEndorsed(String::new()))?;
+        endorsee
+            .verify_issued_by(&service)
+            .map_err(|_| ReceiptError::NotEndorsed(String::new()))?;
         if hex::encode(node.key_id()) != self.node_id.to_ascii_lowercase() {
             return Err(ReceiptError::NodeIdMismatch);
         }
         let key = node
             .public_key()
-            .map_err(|e| ReceiptError::BadCertificate { which: "of the node", reason: e.to_string() })?;
-        key.verify_prehashed(&self.root(), &self.signature).map_err(|_| ReceiptError::BadSignature)
+            .map_err(|e| ReceiptError::BadCertificate {
+                which: "of the node",
+                reason: e.to_string(),
+            })?;
+        key.verify_prehashed(&self.root(), &self.signature)
+            .map_err(|_| ReceiptError::BadSignature)
     }
 
     /// [`Receipt::verify`], and the application claims' digest is the receipt's claims digest.
-    pub fn verify_with_claims(&self, service_cert_pem: &str, claims: &ApplicationClaims) -> Result<(), ReceiptError> {
+    pub fn verify_with_claims(
+        &self,
+        service_cert_pem: &str,
+        claims: &ApplicationClaims,
+    ) -> Result<(), ReceiptError> {
         let computed = claims.digest()?;
         if computed != self.leaf.claims_digest {
             return Err(ReceiptError::ClaimsMismatch {
@@ -287,7 +364,12 @@ impl Receipt {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApplicationClaim {
     /// The entry itself, bound through HMACs under a per-entry secret key.
-    LedgerEntry { collection_id: String, contents: String, protocol: String, secret_key: Vec<u8> },
+    LedgerEntry {
+        collection_id: String,
+        contents: String,
+        protocol: String,
+        secret_key: Vec<u8>,
+    },
     /// A digest standing for a claim (e.g. a LedgerEntry claim whose contents are withheld).
     ClaimDigest { protocol: String, value: Vec<u8> },
 }
@@ -306,9 +388,16 @@ impl ApplicationClaim {
     /// The digest of this claim (what a ClaimDigest claim stands for).
     pub fn digest(&self) -> Result<Digest32, ReceiptError> {
         match self {
-            ApplicationClaim::LedgerEntry { collection_id, contents, protocol, secret_key } => {
+            ApplicationClaim::LedgerEntry {
+                collection_id,
+                contents,
+                protocol,
+                secret_key,
+            } => {
                 if protocol != LEDGER_ENTRY_V1 {
-                    return Err(ReceiptError::MalformedClaims(format!("unsupported ledger entry protocol {protocol:?}")));
+                    return Err(ReceiptError::MalformedClaims(format!(
+                        "unsupported ledger entry protocol {protocol:?}"
+                    )));
                 }
                 let inner = sha256_pair(
                     &hmac_sha256(secret_key, collection_id.as_bytes()),
@@ -316,19 +405,29 @@ impl ApplicationClaim {
                 );
                 Ok(sha256_parts(&[protocol.as_bytes(), &inner]))
             }
-            ApplicationClaim::ClaimDigest { protocol, value } => Ok(sha256_parts(&[protocol.as_bytes(), value])),
+            ApplicationClaim::ClaimDigest { protocol, value } => {
+                Ok(sha256_parts(&[protocol.as_bytes(), value]))
+            }
         }
     }
 
     /// This claim as a `ClaimDigest` claim (hides the contents, keeps the digest).
     pub fn to_claim_digest(&self) -> Result<ApplicationClaim, ReceiptError> {
         match self {
-            ApplicationClaim::LedgerEntry { protocol, collection_id, contents, secret_key } => {
+            ApplicationClaim::LedgerEntry {
+                protocol,
+                collection_id,
+                contents,
+                secret_key,
+            } => {
                 let inner = sha256_pair(
                     &hmac_sha256(secret_key, collection_id.as_bytes()),
                     &hmac_sha256(secret_key, contents.as_bytes()),
                 );
-                Ok(ApplicationClaim::ClaimDigest { protocol: protocol.clone(), value: inner.to_vec() })
+                Ok(ApplicationClaim::ClaimDigest {
+                    protocol: protocol.clone(),
+                    value: inner.to_vec(),
+                })
             }
             c => Ok(c.clone()),
         }
@@ -337,7 +436,12 @@ impl ApplicationClaim {
     /// The claim in the SDK's JSON shape.
     pub fn to_json(&self) -> Value {
         match self {
-            ApplicationClaim::LedgerEntry { collection_id, contents, protocol, secret_key } => json!({
+            ApplicationClaim::LedgerEntry {
+                collection_id,
+                contents,
+                protocol,
+                secret_key,
+            } => json!({
                 "kind": "LedgerEntry",
                 "ledgerEntry": {
                     "collectionId": collection_id,
@@ -355,13 +459,21 @@ impl ApplicationClaim {
 
     pub fn from_json(v: &Value) -> Result<Self, ReceiptError> {
         let bad = |m: &str| ReceiptError::MalformedClaims(m.to_string());
-        let o = v.as_object().ok_or_else(|| bad("a claim is not an object"))?;
+        let o = v
+            .as_object()
+            .ok_or_else(|| bad("a claim is not an object"))?;
         let s = |o: &Map<String, Value>, k: &str| -> Result<String, ReceiptError> {
-            o.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| bad(&format!("{k} is missing or not a string")))
+            o.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| bad(&format!("{k} is missing or not a string")))
         };
         match o.get("kind").and_then(Value::as_str) {
             Some("LedgerEntry") => {
-                let e = o.get("ledgerEntry").and_then(Value::as_object).ok_or_else(|| bad("ledgerEntry is missing"))?;
+                let e = o
+                    .get("ledgerEntry")
+                    .and_then(Value::as_object)
+                    .ok_or_else(|| bad("ledgerEntry is missing"))?;
                 let secret_key = base64::engine::general_purpose::STANDARD
                     .decode(s(e, "secretKey")?)
                     .map_err(|_| bad("secretKey is not base64"))?;
@@ -373,9 +485,16 @@ impl ApplicationClaim {
                 })
             }
             Some("ClaimDigest") => {
-                let d = o.get("digest").and_then(Value::as_object).ok_or_else(|| bad("digest is missing"))?;
-                let value = hex::decode(s(d, "value")?).map_err(|_| bad("digest value is not hex"))?;
-                Ok(ApplicationClaim::ClaimDigest { protocol: s(d, "protocol")?, value })
+                let d = o
+                    .get("digest")
+                    .and_then(Value::as_object)
+                    .ok_or_else(|| bad("digest is missing"))?;
+                let value =
+                    hex::decode(s(d, "value")?).map_err(|_| bad("digest value is not hex"))?;
+                Ok(ApplicationClaim::ClaimDigest {
+                    protocol: s(d, "protocol")?,
+                    value,
+                })
             }
             Some(k) => Err(bad(&format!("unknown claim kind {k:?}"))),
             None => Err(bad("kind is missing or not a string")),
@@ -390,11 +509,19 @@ pub struct ApplicationClaims(pub Vec<ApplicationClaim>);
 impl ApplicationClaims {
     /// Parses the JSON array the SDK takes as `application_claims`.
     pub fn from_json(v: &Value) -> Result<Self, ReceiptError> {
-        let a = v.as_array().ok_or_else(|| ReceiptError::MalformedClaims("not a JSON array".into()))?;
+        let a = v
+            .as_array()
+            .ok_or_else(|| ReceiptError::MalformedClaims("not a JSON array".into()))?;
         if a.is_empty() || a.len() > MAX_CLAIMS {
-            return Err(ReceiptError::MalformedClaims(format!("between 1 and {MAX_CLAIMS} claims expected")));
+            return Err(ReceiptError::MalformedClaims(format!(
+                "between 1 and {MAX_CLAIMS} claims expected"
+            )));
         }
-        Ok(ApplicationClaims(a.iter().map(ApplicationClaim::from_json).collect::<Result<_, _>>()?))
+        Ok(ApplicationClaims(
+            a.iter()
+                .map(ApplicationClaim::from_json)
+                .collect::<Result<_, _>>()?,
+        ))
     }
 
     pub fn to_json(&self) -> Value {

@@ -13,7 +13,11 @@ fn cases() -> Vec<(Value, String)> {
         .unwrap()
         .iter()
         .map(|c| {
-            let cert = v["service_certificates"][c["service_certificate"].as_str().unwrap()].as_str().unwrap().trim().to_string();
+            let cert = v["service_certificates"][c["service_certificate"].as_str().unwrap()]
+                .as_str()
+                .unwrap()
+                .trim()
+                .to_string();
             (c["receipt"].clone(), cert)
         })
         .collect()
@@ -39,7 +43,10 @@ fn receipts_do_not_verify_against_another_service() {
     let cases = cases();
     let (r0, _) = &cases[0];
     let other = &cases.iter().find(|(_, c)| c != &cases[0].1).unwrap().1;
-    assert!(matches!(Receipt::from_json(r0).unwrap().verify(other), Err(ReceiptError::NotEndorsed(_))));
+    assert!(matches!(
+        Receipt::from_json(r0).unwrap().verify(other),
+        Err(ReceiptError::NotEndorsed(_))
+    ));
 }
 
 /// Every alteration of one field of a real receipt must fail verification.
@@ -47,7 +54,12 @@ fn receipts_do_not_verify_against_another_service() {
 fn any_altered_field_fails() {
     let all = cases();
     for (r, cert) in all.clone() {
-        let other_service = all.iter().map(|(_, c)| c).find(|c| **c != cert).unwrap().clone();
+        let other_service = all
+            .iter()
+            .map(|(_, c)| c)
+            .find(|c| **c != cert)
+            .unwrap()
+            .clone();
         let good = Receipt::from_json(&r).unwrap();
         let mut variants: Vec<(String, Receipt)> = Vec::new();
         let mut v = good.clone();
@@ -87,7 +99,11 @@ fn any_altered_field_fails() {
             variants.push((format!("proof without element {i}"), v));
         }
         let mut v = good.clone();
-        v.node_id = v.node_id.replacen(&v.node_id[..1], if &v.node_id[..1] == "0" { "1" } else { "0" }, 1);
+        v.node_id = v.node_id.replacen(
+            &v.node_id[..1],
+            if &v.node_id[..1] == "0" { "1" } else { "0" },
+            1,
+        );
         variants.push(("node id".into(), v));
         let mut v = good.clone();
         let n = v.signature.len();
@@ -103,26 +119,49 @@ fn any_altered_field_fails() {
             assert_ne!(v, good);
             assert!(v.verify(&cert).is_err(), "altered {what} still verifies");
             // Also through JSON, as a user would hand it over.
-            assert!(Receipt::from_json(&v.to_azure_json()).and_then(|r| r.verify(&cert)).is_err(), "{what}");
+            assert!(
+                Receipt::from_json(&v.to_azure_json())
+                    .and_then(|r| r.verify(&cert))
+                    .is_err(),
+                "{what}"
+            );
         }
     }
 }
 
 #[test]
 fn claims_digests_match_the_sdk() {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/acl-application-claims.json");
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/acl-application-claims.json"
+    );
     let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
     for k in ["ledger_entry_claims", "claim_digest_claims"] {
         let claims = ApplicationClaims::from_json(&v[k]).unwrap();
-        assert_eq!(hex::encode(claims.digest().unwrap()), v["expected_claims_digest"][k].as_str().unwrap(), "{k}");
-        assert_eq!(ApplicationClaims::from_json(&claims.to_json()).unwrap(), claims);
+        assert_eq!(
+            hex::encode(claims.digest().unwrap()),
+            v["expected_claims_digest"][k].as_str().unwrap(),
+            "{k}"
+        );
+        assert_eq!(
+            ApplicationClaims::from_json(&claims.to_json()).unwrap(),
+            claims
+        );
     }
     // A ledger entry claim and its ClaimDigest form give the same digest.
     let le = ApplicationClaims::from_json(&v["ledger_entry_claims"]).unwrap();
     let as_digest = ApplicationClaims(le.0.iter().map(|c| c.to_claim_digest().unwrap()).collect());
     assert_eq!(as_digest.digest().unwrap(), le.digest().unwrap());
     // Any change to a claim changes the digest.
-    let ApplicationClaim::LedgerEntry { collection_id, contents, secret_key, .. } = le.0[0].clone() else { panic!() };
+    let ApplicationClaim::LedgerEntry {
+        collection_id,
+        contents,
+        secret_key,
+        ..
+    } = le.0[0].clone()
+    else {
+        panic!()
+    };
     let d = le.digest().unwrap();
     for other in [
         ApplicationClaim::ledger_entry(&collection_id, &format!("{contents}!"), &secret_key),
@@ -137,8 +176,14 @@ fn claims_digests_match_the_sdk() {
 fn verify_with_claims_checks_the_digest() {
     let (r, cert) = cases().remove(0);
     let receipt = Receipt::from_json(&r).unwrap();
-    let claims = ApplicationClaims(vec![ApplicationClaim::ClaimDigest { protocol: "LedgerEntryV1".into(), value: vec![1; 32] }]);
-    assert!(matches!(receipt.verify_with_claims(&cert, &claims), Err(ReceiptError::ClaimsMismatch { .. })));
+    let claims = ApplicationClaims(vec![ApplicationClaim::ClaimDigest {
+        protocol: "LedgerEntryV1".into(),
+        value: vec![1; 32],
+    }]);
+    assert!(matches!(
+        receipt.verify_with_claims(&cert, &claims),
+        Err(ReceiptError::ClaimsMismatch { .. })
+    ));
 }
 
 #[test]
@@ -148,13 +193,62 @@ fn malformed_receipts_and_claims_are_refused_with_the_field() {
         (json!([]), "receipt"),
         (json!({"receipt": 5}), "receipt"),
         (json!({}), "cert"),
-        ({ let mut v = r.clone(); v["proof"] = json!("x"); v }, "proof"),
-        ({ let mut v = r.clone(); v["proof"] = json!([{"left": "00", "right": "00"}]); v }, "proof"),
-        ({ let mut v = r.clone(); v["proof"] = json!(vec![json!({"left": "00".repeat(32)}); MAX_PROOF_LEN + 1]); v }, "proof"),
-        ({ let mut v = r.clone(); v["signature"] = json!("*not base64*"); v }, "signature"),
-        ({ let mut v = r.clone(); v["leafComponents"]["writeSetDigest"] = json!("abcd"); v }, "writeSetDigest"),
-        ({ let mut v = r.clone(); v["leafComponents"]["claimsDigest"] = json!(7); v }, "claimsDigest"),
-        ({ let mut v = r.clone(); v["nodeId"] = json!("zz"); v }, "nodeId"),
+        (
+            {
+                let mut v = r.clone();
+                v["proof"] = json!("x");
+                v
+            },
+            "proof",
+        ),
+        (
+            {
+                let mut v = r.clone();
+                v["proof"] = json!([{"left": "00", "right": "00"}]);
+                v
+            },
+            "proof",
+        ),
+        (
+            {
+                let mut v = r.clone();
+                v["proof"] = json!(vec![json!({"left": "00".repeat(32)}); MAX_PROOF_LEN + 1]);
+                v
+            },
+            "proof",
+        ),
+        (
+            {
+                let mut v = r.clone();
+                v["signature"] = json!("*not base64*");
+                v
+            },
+            "signature",
+        ),
+        (
+            {
+                let mut v = r.clone();
+                v["leafComponents"]["writeSetDigest"] = json!("abcd");
+                v
+            },
+            "writeSetDigest",
+        ),
+        (
+            {
+                let mut v = r.clone();
+                v["leafComponents"]["claimsDigest"] = json!(7);
+                v
+            },
+            "claimsDigest",
+        ),
+        (
+            {
+                let mut v = r.clone();
+                v["nodeId"] = json!("zz");
+                v
+            },
+            "nodeId",
+        ),
         (json!({"receipt": r.clone(), "state": "Loading"}), "state"),
     ];
     for (v, field) in cases {
@@ -162,10 +256,20 @@ fn malformed_receipts_and_claims_are_refused_with_the_field() {
         assert!(e.to_string().contains(field), "{e} should name {field}");
     }
     assert!(Receipt::from_slice(&vec![b' '; MAX_RECEIPT_JSON + 1]).is_err());
-    for c in [json!({}), json!([]), json!([{"kind": "Other"}]), json!([{"kind": "LedgerEntry", "ledgerEntry": {"collectionId": "a", "contents": "b", "protocol": "LedgerEntryV1", "secretKey": "!!"}}])] {
+    for c in [
+        json!({}),
+        json!([]),
+        json!([{"kind": "Other"}]),
+        json!([{"kind": "LedgerEntry", "ledgerEntry": {"collectionId": "a", "contents": "b", "protocol": "LedgerEntryV1", "secretKey": "!!"}}]),
+    ] {
         assert!(ApplicationClaims::from_json(&c).is_err(), "{c}");
     }
-    let v2 = ApplicationClaims(vec![ApplicationClaim::LedgerEntry { collection_id: "a".into(), contents: "b".into(), protocol: "LedgerEntryV2".into(), secret_key: vec![] }]);
+    let v2 = ApplicationClaims(vec![ApplicationClaim::LedgerEntry {
+        collection_id: "a".into(),
+        contents: "b".into(),
+        protocol: "LedgerEntryV2".into(),
+        secret_key: vec![],
+    }]);
     assert!(v2.digest().is_err());
 }
 
@@ -185,8 +289,21 @@ fn arb_receipt() -> impl Strategy<Value = Receipt> {
             cert: "-----BEGIN CERTIFICATE-----\n...".into(),
             node_id: hex::encode(node),
             signature: sig,
-            proof: proof.into_iter().map(|(l, d)| if l { ProofStep::Left(d) } else { ProofStep::Right(d) }).collect(),
-            leaf: LeafComponents { write_set_digest: ws, commit_evidence: ce, claims_digest: cl },
+            proof: proof
+                .into_iter()
+                .map(|(l, d)| {
+                    if l {
+                        ProofStep::Left(d)
+                    } else {
+                        ProofStep::Right(d)
+                    }
+                })
+                .collect(),
+            leaf: LeafComponents {
+                write_set_digest: ws,
+                commit_evidence: ce,
+                claims_digest: cl,
+            },
             is_signature_transaction: is_sig,
             service_endorsements: vec![],
         })

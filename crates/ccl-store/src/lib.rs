@@ -97,7 +97,13 @@ impl State {
             let ms = self.maps.entry(Arc::from(m.name)).or_default();
             ms.last_write = version;
             for (k, v) in &m.writes {
-                ms.entries.insert(Bytes::copy_from_slice(k), Versioned { version, value: Bytes::copy_from_slice(v) });
+                ms.entries.insert(
+                    Bytes::copy_from_slice(k),
+                    Versioned {
+                        version,
+                        value: Bytes::copy_from_slice(v),
+                    },
+                );
             }
             for k in &m.removes {
                 ms.entries.remove(*k);
@@ -107,13 +113,25 @@ impl State {
     }
 
     /// Builds a state from a snapshot's maps.
-    pub fn from_snapshot<'a>(version: u64, maps: impl IntoIterator<Item = ccl_ledger::snapshot::SnapshotMap<'a>>) -> Self {
-        let mut s = State { version, maps: imbl::OrdMap::new() };
+    pub fn from_snapshot<'a>(
+        version: u64,
+        maps: impl IntoIterator<Item = ccl_ledger::snapshot::SnapshotMap<'a>>,
+    ) -> Self {
+        let mut s = State {
+            version,
+            maps: imbl::OrdMap::new(),
+        };
         for m in maps {
             let ms = s.maps.entry(Arc::from(m.name)).or_default();
             ms.last_write = m.version;
             for (k, ver, v) in m.entries {
-                ms.entries.insert(Bytes::copy_from_slice(k), Versioned { version: ver, value: Bytes::copy_from_slice(v) });
+                ms.entries.insert(
+                    Bytes::copy_from_slice(k),
+                    Versioned {
+                        version: ver,
+                        value: Bytes::copy_from_slice(v),
+                    },
+                );
             }
         }
         s
@@ -126,7 +144,11 @@ impl State {
             .map(|(name, ms)| ccl_ledger::snapshot::SnapshotMap {
                 name,
                 version: ms.last_write,
-                entries: ms.entries.iter().map(|(k, v)| (&k[..], v.version, &v.value[..])).collect(),
+                entries: ms
+                    .entries
+                    .iter()
+                    .map(|(k, v)| (&k[..], v.version, &v.value[..]))
+                    .collect(),
             })
             .collect()
     }
@@ -138,7 +160,11 @@ pub enum TxError {
     #[error("conflict: {0} changed since the transaction read it; retry")]
     Conflict(String),
     #[error("{what} of {size} bytes exceeds the limit of {limit}")]
-    TooLarge { what: &'static str, size: usize, limit: usize },
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
     #[error("invalid map name {0:?}")]
     BadMapName(String),
 }
@@ -167,8 +193,15 @@ impl WriteSet {
             .map(|(name, kv)| MapWrites {
                 name,
                 read_version: self.read_version,
-                writes: kv.iter().filter_map(|(k, v)| v.as_ref().map(|v| (&k[..], &v[..]))).collect(),
-                removes: kv.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| &k[..]).collect(),
+                writes: kv
+                    .iter()
+                    .filter_map(|(k, v)| v.as_ref().map(|v| (&k[..], &v[..])))
+                    .collect(),
+                removes: kv
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(k, _)| &k[..])
+                    .collect(),
             })
             .collect()
     }
@@ -199,7 +232,16 @@ impl Tx {
     /// A transaction reading from `base`.
     pub fn new(base: State) -> Self {
         let read_version = base.version;
-        Tx { base, reads: HashMap::new(), ranges: Vec::new(), writes: WriteSet { read_version, ..Default::default() }, write_bytes: 0 }
+        Tx {
+            base,
+            reads: HashMap::new(),
+            ranges: Vec::new(),
+            writes: WriteSet {
+                read_version,
+                ..Default::default()
+            },
+            write_bytes: 0,
+        }
     }
 
     /// The version this transaction reads at.
@@ -223,7 +265,10 @@ impl Tx {
             return w.clone();
         }
         let found = self.base.get(map, key).cloned();
-        self.reads.insert((Arc::from(map), Bytes::copy_from_slice(key)), found.as_ref().map(|v| v.version));
+        self.reads.insert(
+            (Arc::from(map), Bytes::copy_from_slice(key)),
+            found.as_ref().map(|v| v.version),
+        );
         found.map(|v| v.value)
     }
 
@@ -241,17 +286,24 @@ impl Tx {
     pub fn put(&mut self, map: &str, key: &[u8], value: &[u8]) -> Result<(), TxError> {
         check_map_name(map)?;
         if key.len() > MAX_KEY_SIZE {
-            return Err(TxError::TooLarge { what: "key", size: key.len(), limit: MAX_KEY_SIZE });
+            return Err(TxError::TooLarge {
+                what: "key",
+                size: key.len(),
+                limit: MAX_KEY_SIZE,
+            });
         }
         if value.len() > MAX_VALUE_SIZE {
-            return Err(TxError::TooLarge { what: "value", size: value.len(), limit: MAX_VALUE_SIZE });
+            return Err(TxError::TooLarge {
+                what: "value",
+                size: value.len(),
+                limit: MAX_VALUE_SIZE,
+            });
         }
         self.add_bytes(key.len() + value.len())?;
-        self.writes
-            .maps
-            .entry(Arc::from(map))
-            .or_default()
-            .insert(Bytes::copy_from_slice(key), Some(Bytes::copy_from_slice(value)));
+        self.writes.maps.entry(Arc::from(map)).or_default().insert(
+            Bytes::copy_from_slice(key),
+            Some(Bytes::copy_from_slice(value)),
+        );
         Ok(())
     }
 
@@ -259,17 +311,29 @@ impl Tx {
     pub fn remove(&mut self, map: &str, key: &[u8]) -> Result<(), TxError> {
         check_map_name(map)?;
         if key.len() > MAX_KEY_SIZE {
-            return Err(TxError::TooLarge { what: "key", size: key.len(), limit: MAX_KEY_SIZE });
+            return Err(TxError::TooLarge {
+                what: "key",
+                size: key.len(),
+                limit: MAX_KEY_SIZE,
+            });
         }
         self.add_bytes(key.len())?;
-        self.writes.maps.entry(Arc::from(map)).or_default().insert(Bytes::copy_from_slice(key), None);
+        self.writes
+            .maps
+            .entry(Arc::from(map))
+            .or_default()
+            .insert(Bytes::copy_from_slice(key), None);
         Ok(())
     }
 
     fn add_bytes(&mut self, n: usize) -> Result<(), TxError> {
         self.write_bytes += n;
         if self.write_bytes > MAX_WRITE_SET_SIZE {
-            return Err(TxError::TooLarge { what: "write set", size: self.write_bytes, limit: MAX_WRITE_SET_SIZE });
+            return Err(TxError::TooLarge {
+                what: "write set",
+                size: self.write_bytes,
+                limit: MAX_WRITE_SET_SIZE,
+            });
         }
         Ok(())
     }
@@ -277,14 +341,23 @@ impl Tx {
     /// Up to `limit` entries of `map` within `range`, in key order, seeing this transaction's own
     /// writes. The range actually covered (up to the last key returned when the limit is reached)
     /// is recorded: a concurrent change inside it makes the commit fail.
-    pub fn range(&mut self, map: &str, range: (Bound<&[u8]>, Bound<&[u8]>), limit: usize) -> Vec<(Bytes, Bytes)> {
+    pub fn range(
+        &mut self,
+        map: &str,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        limit: usize,
+    ) -> Vec<(Bytes, Bytes)> {
         let empty = MapState::default();
         let base = self.base.map(map).unwrap_or(&empty);
         let own = self.writes.maps.get(map);
         let mut out = Vec::new();
         let mut seen = Vec::new();
         let mut a = base.range(range).peekable();
-        let mut b = own.map(|o| o.range::<[u8], _>(range)).into_iter().flatten().peekable();
+        let mut b = own
+            .map(|o| o.range::<[u8], _>(range))
+            .into_iter()
+            .flatten()
+            .peekable();
         let mut last_key: Option<Bytes> = None;
         while out.len() < limit {
             let take_base = match (a.peek(), b.peek()) {
@@ -301,11 +374,11 @@ impl Tx {
             } else {
                 let (k, v) = b.next().expect("peeked");
                 // An own write shadows the base entry with the same key.
-                if let Some((ka, va)) = a.peek() {
-                    if *ka == k {
-                        seen.push(((*ka).clone(), va.version));
-                        a.next();
-                    }
+                if let Some((ka, va)) = a.peek()
+                    && *ka == k
+                {
+                    seen.push(((*ka).clone(), va.version));
+                    a.next();
                 }
                 last_key = Some(k.clone());
                 if let Some(v) = v {
@@ -322,7 +395,12 @@ impl Tx {
             (true, Some(k)) => Bound::Included(k),
             _ => owned(range.1),
         };
-        self.ranges.push(RangeRead { map: Arc::from(map), start: owned(range.0), end, seen });
+        self.ranges.push(RangeRead {
+            map: Arc::from(map),
+            start: owned(range.0),
+            end,
+            seen,
+        });
         out
     }
 
@@ -347,16 +425,25 @@ impl Store {
 
     /// A store starting from `state` (a snapshot, or a replayed ledger), which is committed.
     pub fn from_state(state: State) -> Self {
-        Store { current: RwLock::new(state), history: RwLock::new(Default::default()) }
+        Store {
+            current: RwLock::new(state),
+            history: RwLock::new(Default::default()),
+        }
     }
 
     /// The current state (O(1)).
     pub fn state(&self) -> State {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn version(&self) -> u64 {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).version
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .version
     }
 
     /// Starts a transaction on the current state.
@@ -375,7 +462,10 @@ impl Store {
         let version = cur.version + 1;
         let maps = tx.writes.map_writes();
         cur.apply(version, &maps);
-        self.history.write().unwrap_or_else(|p| p.into_inner()).push_back(cur.clone());
+        self.history
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(cur.clone());
         Ok((version, tx.writes))
     }
 
@@ -384,7 +474,10 @@ impl Store {
         let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
         assert_eq!(version, cur.version + 1, "write sets apply in order");
         cur.apply(version, maps);
-        self.history.write().unwrap_or_else(|p| p.into_inner()).push_back(cur.clone());
+        self.history
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(cur.clone());
     }
 
     /// Forgets rollback states before `version` (it is committed; it stays, as the oldest state

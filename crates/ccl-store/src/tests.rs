@@ -34,7 +34,13 @@ fn blind_writes_do_not_conflict() {
     t2.put("m", b"k", b"2").unwrap();
     assert_eq!(s.commit(t1).unwrap().0, 1);
     assert_eq!(s.commit(t2).unwrap().0, 2);
-    assert_eq!(s.state().get("m", b"k").unwrap(), &Versioned { version: 2, value: Bytes::from_static(b"2") });
+    assert_eq!(
+        s.state().get("m", b"k").unwrap(),
+        &Versioned {
+            version: 2,
+            value: Bytes::from_static(b"2")
+        }
+    );
 }
 
 #[test]
@@ -50,9 +56,21 @@ fn ranges_merge_own_writes_and_detect_phantoms() {
     let got: Vec<_> = t
         .range("m", (Bound::Included(b"a"), Bound::Excluded(b"g")), 10)
         .into_iter()
-        .map(|(k, v)| (String::from_utf8(k.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap()))
+        .map(|(k, v)| {
+            (
+                String::from_utf8(k.to_vec()).unwrap(),
+                String::from_utf8(v.to_vec()).unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(got, vec![("a".into(), "a".into()), ("b".into(), "B".into()), ("e".into(), "E".into())]);
+    assert_eq!(
+        got,
+        vec![
+            ("a".into(), "a".into()),
+            ("b".into(), "B".into()),
+            ("e".into(), "E".into())
+        ]
+    );
     // A phantom inserted inside the scanned range makes the commit fail...
     put(&s, "m", "d", "d");
     assert!(matches!(s.commit(t), Err(TxError::Conflict(_))));
@@ -86,10 +104,19 @@ fn rollback_restores_uncommitted_states() {
 fn limits_and_bad_names_are_refused() {
     let s = Store::new();
     let mut t = s.begin();
-    assert!(matches!(t.put("m", &vec![0; MAX_KEY_SIZE + 1], b""), Err(TxError::TooLarge { .. })));
-    assert!(matches!(t.put("m", b"k", &vec![0; MAX_VALUE_SIZE + 1]), Err(TxError::TooLarge { .. })));
+    assert!(matches!(
+        t.put("m", &vec![0; MAX_KEY_SIZE + 1], b""),
+        Err(TxError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        t.put("m", b"k", &vec![0; MAX_VALUE_SIZE + 1]),
+        Err(TxError::TooLarge { .. })
+    ));
     assert!(matches!(t.put("", b"k", b"v"), Err(TxError::BadMapName(_))));
-    assert!(matches!(t.put("a\nb", b"k", b"v"), Err(TxError::BadMapName(_))));
+    assert!(matches!(
+        t.put("a\nb", b"k", b"v"),
+        Err(TxError::BadMapName(_))
+    ));
     assert!(!t.has_writes());
 }
 
@@ -128,13 +155,21 @@ fn run(p: &Program, tx: &mut Tx) -> Vec<Option<Bytes>> {
     let mut acc = u64::from(p.salt);
     for r in &p.reads {
         let v = tx.get("m", &key(*r));
-        acc = acc.wrapping_mul(31).wrapping_add(v.as_ref().map_or(7, |v| v.len() as u64 + u64::from(v[0])));
+        acc = acc
+            .wrapping_mul(31)
+            .wrapping_add(v.as_ref().map_or(7, |v| v.len() as u64 + u64::from(v[0])));
         seen.push(v);
     }
     if let Some((a, b)) = p.range {
         let (lo, hi) = (a.min(b), a.max(b));
-        for (k, v) in tx.range("m", (Bound::Included(&key(lo)[..]), Bound::Included(&key(hi)[..])), 1000) {
-            acc = acc.wrapping_mul(17).wrapping_add(u64::from(k[1]) + v.len() as u64);
+        for (k, v) in tx.range(
+            "m",
+            (Bound::Included(&key(lo)[..]), Bound::Included(&key(hi)[..])),
+            1000,
+        ) {
+            acc = acc
+                .wrapping_mul(17)
+                .wrapping_add(u64::from(k[1]) + v.len() as u64);
             seen.push(Some(v));
         }
     }
@@ -156,7 +191,12 @@ fn program() -> impl Strategy<Value = Program> {
         proptest::collection::vec(0u8..8, 1..3),
         any::<u8>(),
     )
-        .prop_map(|(reads, range, writes, salt)| Program { reads, range, writes, salt })
+        .prop_map(|(reads, range, writes, salt)| Program {
+            reads,
+            range,
+            writes,
+            salt,
+        })
 }
 
 proptest! {
@@ -175,15 +215,14 @@ proptest! {
         loop {
             let choice = schedule[step % schedule.len()] as usize;
             step += 1;
-            let begin = in_flight.len() < 4 && (choice % 3 != 0 || in_flight.is_empty());
-            if begin {
-                if let Some((i, p)) = pending.next() {
+            let begin = in_flight.len() < 4 && (!choice.is_multiple_of(3) || in_flight.is_empty());
+            if begin
+                && let Some((i, p)) = pending.next() {
                     let mut tx = s.begin();
                     let seen = run(&p, &mut tx);
                     in_flight.push((i, tx, seen));
                     continue;
                 }
-            }
             if in_flight.is_empty() {
                 break;
             }

@@ -1,0 +1,654 @@
+//! Offline verification of a ledger directory: what `ccl ledger verify` runs.
+//!
+//! Checks, streaming every chunk once in seqno order and in memory that does not grow with the
+//! ledger (one entry, one chunk's positions table, the Merkle frontier, and the service's nodes):
+//! - chunk names form one contiguous range from seqno 1, committed chunks before in-progress ones,
+//!   each complete chunk's header and positions table match its entries exactly, and committed
+//!   chunks end at a signature transaction;
+//! - every entry parses, has the next seqno and a view that never decreases;
+//! - every signature transaction: signed by a node of the service that is not Pending, over the
+//!   Merkle root of every transaction before it, with that node's endorsed certificate, which the
+//!   service certificate issued; its COSE signature verifies with the service key;
+//! - service status transitions are the ones CCF allows;
+//! - with a service certificate given: the ledger belongs to that service.
+//!
+//! Private maps stay encrypted: their ciphertext is covered by the write set digest, so any change
+//! to them changes a Merkle leaf and fails the next signature.
+
+use crate::chunk::{CHUNK_HEADER_SIZE, ChunkName, MAX_CHUNK_FILE_SIZE, list_chunks};
+use crate::entry::{ENTRY_HEADER_SIZE, Entry, EntryType, entry_len};
+use crate::merkle::Frontier;
+use crate::tables::{self, NodeInfo, NodeStatus, PrimarySignature, ServiceInfo, ServiceStatus};
+use crate::txid::TxId;
+use ccl_crypto::cert::Certificate;
+use ccl_crypto::cose::Sign1;
+use ccl_crypto::keys::VerifyingKey;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+/// Read buffer of the verifier.
+const READ_BUFFER: usize = 1 << 20;
+/// Nodes a ledger may define (bounds the verifier's memory).
+pub const MAX_NODES: usize = 10_000;
+
+/// What the verifier was given.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// The certificate of the service the ledger must belong to.
+    pub service_cert: Option<Certificate>,
+}
+
+/// What a successful verification saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub chunks: usize,
+    pub transactions: u64,
+    pub signatures: u64,
+    pub bytes: u64,
+    /// The last transaction a signature covers (the signature itself).
+    pub last_signed: Option<TxId>,
+    pub last_seqno: u64,
+    /// Transactions after the last signature (not yet covered by one).
+    pub unsigned_tail: u64,
+    /// An incomplete entry at the end of the in-progress chunk (a crash mid-write), in bytes.
+    pub torn_tail: u64,
+    /// Certificate of the service at the end of the ledger, PEM.
+    pub service_cert: Option<String>,
+}
+
+/// Why a ledger failed verification: the first bad transaction (or chunk) and the reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}{reason}", location(.txid, .seqno, .chunk))]
+pub struct VerifyError {
+    /// The transaction id, when the entry's view is known.
+    pub txid: Option<TxId>,
+    /// The seqno the error is at, when it is about a transaction.
+    pub seqno: Option<u64>,
+    /// The chunk file.
+    pub chunk: Option<String>,
+    pub reason: String,
+}
+
+fn location(txid: &Option<TxId>, seqno: &Option<u64>, chunk: &Option<String>) -> String {
+    let mut s = String::new();
+    match (txid, seqno) {
+        (Some(t), _) => s.push_str(&format!("transaction {t}")),
+        (None, Some(q)) => s.push_str(&format!("transaction at seqno {q}")),
+        _ => {}
+    }
+    if let Some(c) = chunk {
+        if s.is_empty() {
+            s.push_str(&format!("chunk {c}"));
+        } else {
+            s.push_str(&format!(" (in {c})"));
+        }
+    }
+    if !s.is_empty() {
+        s.push_str(": ");
+    }
+    s
+}
+
+struct Node {
+    status: NodeStatus,
+    cert: Option<String>,
+    /// Public key of `cert`, parsed and checked against the service once.
+    key: Option<VerifyingKey>,
+}
+
+struct Verifier<'o> {
+    opts: &'o VerifyOptions,
+    frontier: Frontier,
+    nodes: HashMap<String, Node>,
+    service_status: Option<ServiceStatus>,
+    service_cert: Option<(String, Certificate)>,
+    last_view: u64,
+    last_sig: u64,
+    report: VerifyReport,
+}
+
+/// Verifies the ledger in `dir`. `progress(done, total)` is called as bytes are verified.
+pub fn verify_ledger(
+    dir: &Path,
+    opts: &VerifyOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport, VerifyError> {
+    let plain = |reason: String| VerifyError {
+        txid: None,
+        seqno: None,
+        chunk: None,
+        reason,
+    };
+    let names =
+        list_chunks(dir).map_err(|e| plain(format!("cannot list {}: {e}", dir.display())))?;
+    if names.is_empty() {
+        return Err(plain(format!("{} holds no ledger chunks", dir.display())));
+    }
+    let mut total = 0u64;
+    for n in &names {
+        let p = dir.join(n.file_name());
+        total += std::fs::metadata(&p)
+            .map_err(|e| plain(format!("{}: {e}", p.display())))?
+            .len();
+    }
+    check_names(&names)?;
+    let mut v = Verifier {
+        opts,
+        frontier: Frontier::new(),
+        nodes: HashMap::new(),
+        service_status: None,
+        service_cert: None,
+        last_view: 0,
+        last_sig: 0,
+        report: VerifyReport::default(),
+    };
+    v.frontier.append([0u8; 32]); // CCF's tree starts with an all-zero leaf: seqnos start at 1
+    let mut done = 0u64;
+    for name in &names {
+        let path = dir.join(name.file_name());
+        v.chunk(name, &path, &mut |n| {
+            done += n;
+            progress(done, total);
+        })?;
+        v.report.chunks += 1;
+    }
+    v.report.last_seqno = v.frontier.size() - 1;
+    v.report.unsigned_tail = v.report.last_seqno - v.last_sig;
+    if let Some(expected) = &opts.service_cert {
+        match &v.service_cert {
+            Some((_, c)) if c.spki_der() == expected.spki_der() => {}
+            Some(_) => return Err(plain("the ledger belongs to another service: its service certificate differs from the one given".into())),
+            None => return Err(plain("the ledger records no service certificate".into())),
+        }
+    }
+    v.report.service_cert = v.service_cert.map(|(pem, _)| pem);
+    Ok(v.report)
+}
+
+/// Chunk names: one contiguous range from seqno 1, committed chunks first, at most one in progress
+/// (the last).
+fn check_names(names: &[ChunkName]) -> Result<(), VerifyError> {
+    let mut expected = 1u64;
+    let mut seen_uncommitted = false;
+    for (i, n) in names.iter().enumerate() {
+        let err = |reason: String| VerifyError {
+            txid: None,
+            seqno: Some(expected),
+            chunk: Some(n.file_name()),
+            reason,
+        };
+        if n.start != expected {
+            return Err(if n.start > expected {
+                err(format!(
+                    "missing: no chunk holds seqnos {expected} to {}",
+                    n.start - 1
+                ))
+            } else {
+                err(format!(
+                    "overlaps the previous chunk (starts at {}, expected {expected})",
+                    n.start
+                ))
+            });
+        }
+        if n.committed && seen_uncommitted {
+            return Err(err("a committed chunk follows an uncommitted one".into()));
+        }
+        seen_uncommitted |= !n.committed;
+        match n.end {
+            Some(end) if end < n.start => {
+                return Err(err("chunk name has its end before its start".into()));
+            }
+            Some(end) => expected = end + 1,
+            None if i + 1 != names.len() => {
+                return Err(err("an in-progress chunk is not the last chunk".into()));
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+impl Verifier<'_> {
+    fn chunk(
+        &mut self,
+        name: &ChunkName,
+        path: &Path,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), VerifyError> {
+        let chunk_err = |seqno: Option<u64>, reason: String| VerifyError {
+            txid: None,
+            seqno,
+            chunk: Some(name.file_name()),
+            reason,
+        };
+        let file = File::open(path).map_err(|e| chunk_err(None, format!("cannot open: {e}")))?;
+        let len = file
+            .metadata()
+            .map_err(|e| chunk_err(None, e.to_string()))?
+            .len();
+        if len > MAX_CHUNK_FILE_SIZE {
+            return Err(chunk_err(
+                None,
+                format!("{len} bytes is larger than any chunk ({MAX_CHUNK_FILE_SIZE})"),
+            ));
+        }
+        let mut r = BufReader::with_capacity(READ_BUFFER, file);
+        let mut header = [0u8; CHUNK_HEADER_SIZE];
+        r.read_exact(&mut header)
+            .map_err(|_| chunk_err(Some(name.start), "chunk header is incomplete".into()))?;
+        let table_offset = u64::from_le_bytes(header);
+        // Entries span [8, end); a complete chunk has its positions table after them.
+        let (end, table) = match (name.end, table_offset) {
+            (Some(_), 0) => {
+                return Err(chunk_err(
+                    Some(name.start),
+                    "complete chunk has no positions table".into(),
+                ));
+            }
+            (None, 0) => (len, None),
+            (None, _) => {
+                return Err(chunk_err(
+                    Some(name.start),
+                    "in-progress chunk has a positions table".into(),
+                ));
+            }
+            (Some(_), off) => {
+                let range = crate::chunk::table_bytes(off, len)
+                    .map_err(|e| chunk_err(Some(name.start), e.to_string()))?;
+                let mut t = vec![0u8; range.len()];
+                let f = r.get_ref();
+                std::os::unix::fs::FileExt::read_exact_at(f, &mut t, off)
+                    .map_err(|e| chunk_err(None, format!("cannot read positions table: {e}")))?;
+                (off, Some(crate::chunk::parse_table(&t)))
+            }
+        };
+        let mut pos = CHUNK_HEADER_SIZE as u64;
+        let mut buf = Vec::new();
+        let mut index = 0usize;
+        let mut last_was_signature = false;
+        let mut since_progress = 0u64;
+        while pos < end {
+            let seqno = name.start + index as u64;
+            let at = |reason: String| VerifyError {
+                txid: None,
+                seqno: Some(seqno),
+                chunk: Some(name.file_name()),
+                reason,
+            };
+            if let Some(t) = &table {
+                match t.get(index) {
+                    Some(p) if u64::from(*p) == pos => {}
+                    Some(p) => {
+                        return Err(at(format!(
+                            "entry is at offset {pos}, the positions table says {p}"
+                        )));
+                    }
+                    None => {
+                        return Err(at(format!(
+                            "positions table has {} entries, the chunk has more",
+                            t.len()
+                        )));
+                    }
+                }
+            }
+            let remaining = end - pos;
+            if remaining < ENTRY_HEADER_SIZE as u64 {
+                if table.is_none() {
+                    self.report.torn_tail = remaining;
+                    break;
+                }
+                return Err(at("incomplete entry header".into()));
+            }
+            buf.resize(ENTRY_HEADER_SIZE, 0);
+            r.read_exact(&mut buf)
+                .map_err(|e| at(format!("read: {e}")))?;
+            let n = match entry_len(&buf) {
+                Ok(n) => n as u64,
+                Err(e) => return Err(at(format!("bad entry header: {e}"))),
+            };
+            if n > remaining {
+                if table.is_none() {
+                    self.report.torn_tail = remaining;
+                    break;
+                }
+                return Err(at(format!(
+                    "entry of {n} bytes runs past the end of the entries ({remaining} left)"
+                )));
+            }
+            buf.resize(n as usize, 0);
+            r.read_exact(&mut buf[ENTRY_HEADER_SIZE..])
+                .map_err(|e| at(format!("read: {e}")))?;
+            last_was_signature = self.entry(seqno, &buf).map_err(|mut e| {
+                e.chunk = Some(name.file_name());
+                e
+            })?;
+            pos += n;
+            index += 1;
+            since_progress += n;
+            if since_progress >= READ_BUFFER as u64 {
+                progress(since_progress);
+                since_progress = 0;
+            }
+        }
+        progress(since_progress + (len - pos.min(len)));
+        self.report.bytes += len;
+        if let Some(t) = &table
+            && t.len() != index
+        {
+            return Err(chunk_err(
+                None,
+                format!(
+                    "positions table has {} entries for {index} entries",
+                    t.len()
+                ),
+            ));
+        }
+        if let Some(e) = name.end {
+            let count = e - name.start + 1;
+            if index as u64 != count {
+                return Err(chunk_err(
+                    Some(name.start + index as u64),
+                    format!("the name says {count} transactions, the chunk holds {index}"),
+                ));
+            }
+            if name.committed && !last_was_signature {
+                return Err(chunk_err(
+                    Some(e),
+                    "a committed chunk must end with a signature transaction".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies one entry; returns whether it is a signature transaction.
+    fn entry(&mut self, seqno: u64, bytes: &[u8]) -> Result<bool, VerifyError> {
+        let err = |txid: Option<TxId>, reason: String| VerifyError {
+            txid,
+            seqno: Some(seqno),
+            chunk: None,
+            reason,
+        };
+        let (e, len) =
+            Entry::parse(bytes).map_err(|e| err(None, format!("malformed entry: {e}")))?;
+        if len != bytes.len() {
+            return Err(err(None, "entry length disagrees with its header".into()));
+        }
+        let txid = e.txid;
+        let err = |reason: String| VerifyError {
+            txid: Some(txid),
+            seqno: Some(seqno),
+            chunk: None,
+            reason,
+        };
+        if txid.seqno != seqno {
+            return Err(err(format!(
+                "entry holds seqno {} where seqno {seqno} belongs",
+                txid.seqno
+            )));
+        }
+        if e.is_snapshot {
+            return Err(err("a snapshot entry inside a ledger chunk".into()));
+        }
+        if txid.view < self.last_view || txid.view == 0 || txid.view > crate::txid::MAX_VIEW {
+            return Err(err(format!(
+                "view {} after view {}",
+                txid.view, self.last_view
+            )));
+        }
+        self.last_view = txid.view;
+        let pd = e
+            .public_domain()
+            .map_err(|e| err(format!("malformed public domain: {e}")))?;
+        if pd.version != seqno as i64 {
+            return Err(err(format!("public domain has version {}", pd.version)));
+        }
+        if pd.entry_type == EntryType::Snapshot {
+            return Err(err("a snapshot entry inside a ledger chunk".into()));
+        }
+        let mut signature: Option<PrimarySignature> = None;
+        let mut cose: Option<Vec<u8>> = None;
+        let mut service: Option<ServiceInfo> = None;
+        for m in pd.map_iter() {
+            let m = m.map_err(|e| err(format!("malformed map: {e}")))?;
+            match m.name {
+                tables::NODES => {
+                    for (k, v) in &m.writes {
+                        let id = node_id(k).map_err(&err)?;
+                        let info: NodeInfo = serde_json::from_slice(v)
+                            .map_err(|e| err(format!("node {id}: malformed info: {e}")))?;
+                        if self.nodes.len() >= MAX_NODES && !self.nodes.contains_key(&id) {
+                            return Err(err(format!("more than {MAX_NODES} nodes")));
+                        }
+                        self.nodes
+                            .entry(id)
+                            .or_insert(Node {
+                                status: info.status,
+                                cert: None,
+                                key: None,
+                            })
+                            .status = info.status;
+                    }
+                    for k in &m.removes {
+                        self.nodes.remove(&node_id(k).map_err(&err)?);
+                    }
+                }
+                tables::ENDORSED_CERTIFICATES => {
+                    for (k, v) in &m.writes {
+                        let id = node_id(k).map_err(&err)?;
+                        let pem = std::str::from_utf8(v)
+                            .map_err(|_| err(format!("node {id}: certificate is not text")))?;
+                        if self.nodes.len() >= MAX_NODES && !self.nodes.contains_key(&id) {
+                            return Err(err(format!("more than {MAX_NODES} nodes")));
+                        }
+                        let n = self.nodes.entry(id).or_insert(Node {
+                            status: NodeStatus::Pending,
+                            cert: None,
+                            key: None,
+                        });
+                        n.cert = Some(pem.to_string());
+                        n.key = None;
+                    }
+                    for k in &m.removes {
+                        if let Some(n) = self.nodes.get_mut(&node_id(k).map_err(&err)?) {
+                            n.cert = None;
+                            n.key = None;
+                        }
+                    }
+                }
+                tables::SIGNATURES => {
+                    let (_, v) = m
+                        .writes
+                        .first()
+                        .ok_or_else(|| err("empty signatures map".into()))?;
+                    signature = Some(
+                        serde_json::from_slice(v)
+                            .map_err(|e| err(format!("malformed signature: {e}")))?,
+                    );
+                }
+                tables::SERVICE_INFO => {
+                    let (_, v) = m
+                        .writes
+                        .first()
+                        .ok_or_else(|| err("empty service info".into()))?;
+                    service = Some(
+                        serde_json::from_slice(v)
+                            .map_err(|e| err(format!("malformed service info: {e}")))?,
+                    );
+                }
+                tables::COSE_SIGNATURES => {
+                    let (_, v) = m
+                        .writes
+                        .first()
+                        .ok_or_else(|| err("empty COSE signatures map".into()))?;
+                    let b64: String = serde_json::from_slice(v)
+                        .map_err(|e| err(format!("malformed COSE signature: {e}")))?;
+                    use base64::Engine as _;
+                    cose = Some(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64)
+                            .map_err(|e| err(format!("malformed COSE signature: {e}")))?,
+                    );
+                }
+                _ => {}
+            }
+        }
+        let root = self.frontier.root().expect("the tree holds leaf 0");
+        let is_signature = signature.is_some();
+        if let Some(sig) = signature {
+            self.signature(txid, &sig, &root).map_err(&err)?;
+        }
+        if let Some(info) = service {
+            if !info.status.may_follow(self.service_status) {
+                return Err(err(format!(
+                    "service status cannot move from {:?} to {:?}",
+                    self.service_status, info.status
+                )));
+            }
+            let cert = Certificate::from_pem(&info.cert)
+                .map_err(|e| err(format!("service certificate: {e}")))?;
+            if self
+                .service_cert
+                .as_ref()
+                .is_none_or(|(_, c)| c.der() != cert.der())
+            {
+                // A new service identity: node endorsements are checked against it from now on.
+                for n in self.nodes.values_mut() {
+                    n.key = None;
+                }
+            }
+            self.service_status = Some(info.status);
+            self.service_cert = Some((info.cert, cert));
+        }
+        if let Some(c) = cose {
+            let (_, service) = self
+                .service_cert
+                .as_ref()
+                .ok_or_else(|| err("COSE signature before any service certificate".into()))?;
+            let key = service
+                .public_key()
+                .map_err(|e| err(format!("service key: {e}")))?;
+            let msg = Sign1::parse(&c).map_err(|e| err(format!("COSE signature: {e}")))?;
+            msg.verify(&key, Some(&root)).map_err(|_| {
+                err("the service's COSE signature over the root does not verify".into())
+            })?;
+            if let Some(ccl_crypto::cose::Value::Map(m)) = msg.text_header("ccf.v1") {
+                let t = m
+                    .iter()
+                    .find(|(k, _)| k.as_text() == Some("txid"))
+                    .and_then(|(_, v)| v.as_text());
+                if t.is_some_and(|t| t != txid.to_string()) {
+                    return Err(err("the COSE signature names another transaction id".into()));
+                }
+            }
+        }
+        self.frontier.append(pd.leaf(&e.write_set_digest()));
+        self.report.transactions += 1;
+        Ok(is_signature)
+    }
+
+    fn signature(
+        &mut self,
+        txid: TxId,
+        sig: &PrimarySignature,
+        root: &[u8; 32],
+    ) -> Result<(), String> {
+        if sig.seqno != txid.seqno || sig.view != txid.view {
+            return Err(format!(
+                "the signature claims transaction {}.{}",
+                sig.view, sig.seqno
+            ));
+        }
+        if sig.commit_seqno > sig.seqno {
+            return Err(format!(
+                "the signature claims commit seqno {} beyond itself",
+                sig.commit_seqno
+            ));
+        }
+        let signed_root =
+            hex::decode(&sig.root).map_err(|_| "the signed root is not hex".to_string())?;
+        let service = self
+            .service_cert
+            .as_ref()
+            .map(|(_, c)| c)
+            .or(self.opts.service_cert.as_ref());
+        let node = self
+            .nodes
+            .get_mut(&sig.node)
+            .ok_or_else(|| format!("signed by {}, which is not a node of the service", sig.node))?;
+        if node.status == NodeStatus::Pending {
+            return Err(format!(
+                "signed by node {}, which is still Pending",
+                sig.node
+            ));
+        }
+        if node.key.is_none() {
+            let pem = node
+                .cert
+                .as_ref()
+                .ok_or_else(|| format!("node {} has no endorsed certificate", sig.node))?;
+            let cert = Certificate::from_pem(pem)
+                .map_err(|e| format!("node {} certificate: {e}", sig.node))?;
+            let service = service.ok_or("a signature before any service certificate")?;
+            cert.verify_issued_by(service).map_err(|_| {
+                format!(
+                    "node {}'s certificate is not endorsed by the service",
+                    sig.node
+                )
+            })?;
+            if hex::encode(cert.key_id()) != sig.node {
+                return Err(format!(
+                    "node id {} is not the hash of its certificate's key",
+                    sig.node
+                ));
+            }
+            node.key = Some(
+                cert.public_key()
+                    .map_err(|e| format!("node {} key: {e}", sig.node))?,
+            );
+        }
+        if !sig.cert.is_empty() {
+            let c = Certificate::from_pem(&sig.cert)
+                .map_err(|e| format!("certificate in the signature: {e}"))?;
+            let key = node.key.as_ref().expect("set above");
+            if c.spki_der() != key.spki_der() {
+                return Err(format!(
+                    "the certificate in the signature is not node {}'s",
+                    sig.node
+                ));
+            }
+        }
+        if signed_root != root {
+            return Err(format!(
+                "the signed Merkle root does not match the ledger: one of the transactions from seqno {} to {} was altered",
+                self.last_sig.max(1),
+                txid.seqno
+            ));
+        }
+        let key = node.key.as_ref().expect("set above");
+        let der = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(&sig.sig)
+                .map_err(|_| "the signature is not base64".to_string())?
+        };
+        key.verify_prehashed(root, &der).map_err(|_| {
+            format!(
+                "node {}'s signature over the root does not verify",
+                sig.node
+            )
+        })?;
+        self.last_sig = txid.seqno;
+        self.report.signatures += 1;
+        self.report.last_signed = Some(txid);
+        Ok(())
+    }
+}
+
+fn node_id(k: &[u8]) -> Result<String, String> {
+    std::str::from_utf8(k)
+        .map(str::to_string)
+        .map_err(|_| "a node id is not text".to_string())
+}

@@ -1,0 +1,278 @@
+//! `ccl bench`: the figures of BENCHMARKS.md, measured side by side in one run.
+
+use anyhow::{Context, Result, bail};
+use ccl_engine::{Engine, EngineConfig, Identity};
+use ccl_ledger::secrets::LedgerSecret;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: What,
+    /// Directory for the benchmark's data (a temporary directory by default).
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand)]
+enum What {
+    /// Durable appends through the engine: store, ledger entry (private map, encrypted), Merkle
+    /// leaf, signature every --sig-every transactions, group commit (one fsync for many).
+    Append {
+        #[arg(long, default_value_t = 300_000)]
+        txs: u64,
+        /// Value sizes to measure, in bytes.
+        #[arg(long, value_delimiter = ',', default_value = "100,1024")]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 1000)]
+        sig_every: u64,
+    },
+    /// Receipts for random committed seqnos.
+    Receipts {
+        #[arg(long, default_value_t = 200_000)]
+        txs: u64,
+        #[arg(long, default_value_t = 200_000)]
+        receipts: u64,
+    },
+    /// `ccl ledger verify` beside single-core SHA-256 and CCF's read_ledger.py.
+    Verify {
+        /// Size of the ledger to build, in MB.
+        #[arg(long, default_value_t = 200)]
+        mb: u64,
+        /// A Python with the `ccf` package, to time read_ledger.py on the same ledger.
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let tmp;
+    let dir = match args.dir {
+        Some(d) => d,
+        None => {
+            tmp = std::env::temp_dir().join(format!("ccl-bench-{}", std::process::id()));
+            tmp
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let result = match args.what {
+        What::Append {
+            txs,
+            sizes,
+            sig_every,
+        } => append(&dir, txs, &sizes, sig_every),
+        What::Receipts { txs, receipts } => receipts_bench(&dir, txs, receipts),
+        What::Verify { mb, python } => verify_bench(&dir, mb, python.as_deref()),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{model}, {cpus} CPUs")
+}
+
+/// Writes `txs` transactions of one private value of `size` bytes each. A syncer thread fsyncs
+/// batches while the writer goes on (group commit); commit follows durability.
+pub fn write_ledger(
+    dir: &Path,
+    txs: u64,
+    size: usize,
+    sig_every: u64,
+) -> Result<(Engine, Identity, Duration)> {
+    let id = Identity::generate(&["localhost".into()])?;
+    let cfg = EngineConfig {
+        signature_interval_txs: sig_every,
+        signature_interval: Duration::from_secs(3600),
+        snapshot_interval_txs: 0,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::create(dir, cfg, id.clone(), LedgerSecret::generate()?, |_| Ok(()))?;
+    let value = vec![0x5au8; size];
+    let durable = Arc::new(AtomicU64::new(0));
+    let (to_syncer, from_writer) =
+        std::sync::mpsc::sync_channel::<ccl_ledger::ledger::SyncHandle>(1);
+    let syncer = {
+        let durable = durable.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            for h in from_writer {
+                let s = h.sync()?;
+                durable.store(s, Ordering::Release);
+            }
+            Ok(())
+        })
+    };
+    let started = Instant::now();
+    let mut committed = 0;
+    for i in 0..txs {
+        let mut tx = engine.store().begin();
+        tx.put("records", &i.to_be_bytes(), &value)?;
+        engine.commit(tx, None)?;
+        engine.maybe_emit_signature(Instant::now())?;
+        if i % 256 == 255 {
+            // Hand the next batch to the syncer if it is free; never wait for it here.
+            let h = engine.sync_handle()?;
+            let _ = to_syncer.try_send(h);
+            let d = durable.load(Ordering::Acquire);
+            if d > committed {
+                committed = engine.commit_up_to(d)?;
+            }
+        }
+    }
+    let last = engine.finish()?;
+    drop(to_syncer);
+    syncer
+        .join()
+        .map_err(|_| anyhow::anyhow!("syncer panicked"))??;
+    engine.commit_up_to(last)?;
+    Ok((engine, id, started.elapsed()))
+}
+
+fn append(dir: &Path, txs: u64, sizes: &[usize], sig_every: u64) -> Result<()> {
+    println!(
+        "# ccl bench append: {txs} durable transactions per size, signature every {sig_every}, group commit"
+    );
+    println!("machine: {}", machine());
+    println!("| value size | tx/s | MB/s of ledger | elapsed |");
+    println!("|---|---|---|---|");
+    for &size in sizes {
+        let d = dir.join(format!("append-{size}"));
+        let (engine, _, elapsed) = write_ledger(&d, txs, size, sig_every)?;
+        let bytes = dir_size(&d.join(ccl_engine::LEDGER_DIR));
+        drop(engine);
+        let secs = elapsed.as_secs_f64();
+        println!(
+            "| {size} B | {:.0} | {:.1} | {secs:.2}s |",
+            txs as f64 / secs,
+            bytes as f64 / 1e6 / secs
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+    Ok(())
+}
+
+fn receipts_bench(dir: &Path, txs: u64, n: u64) -> Result<()> {
+    let (engine, _, _) = write_ledger(dir, txs, 100, 1000)?;
+    let h = engine.handle();
+    let committed = h.committed_seqno();
+    // Signature transactions at the very end have no later signature: ask below the last one.
+    let top = committed.saturating_sub(1).max(1);
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    // Warm up the page cache and the signature cache the way a running node has them.
+    for s in 1..=top.min(10_000) {
+        h.receipt(s)?;
+    }
+    let started = Instant::now();
+    let mut proof_steps = 0usize;
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let s = 1 + x % top;
+        let r = h.receipt(s)?;
+        proof_steps += r.proof.len();
+        let json = ccl_receipt_json(&r);
+        std::hint::black_box(json);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "# ccl bench receipts: {n} receipts (JSON, Azure shape) for random seqnos of a {txs}-transaction ledger"
+    );
+    println!("machine: {}", machine());
+    println!(
+        "receipts/s: {:.0}  (mean proof length {:.1})",
+        n as f64 / secs,
+        proof_steps as f64 / n as f64
+    );
+    Ok(())
+}
+
+fn ccl_receipt_json(r: &ccl_engine::ReceiptData) -> String {
+    r.to_receipt().to_azure_json().to_string()
+}
+
+fn verify_bench(dir: &Path, mb: u64, python: Option<&Path>) -> Result<()> {
+    // ~1 KiB transactions until the ledger reaches the size asked for.
+    let txs = mb * 1_000_000 / 1100;
+    let (engine, id, _) = write_ledger(dir, txs, 1024, 1000)?;
+    drop(engine);
+    let ledger = dir.join(ccl_engine::LEDGER_DIR);
+    let bytes = dir_size(&ledger);
+    // Raw single-core SHA-256 over the same number of bytes, from memory.
+    let buf = vec![0xa5u8; 8 << 20];
+    let started = Instant::now();
+    let mut hashed = 0u64;
+    while hashed < bytes {
+        std::hint::black_box(ccl_crypto::sha256(&buf));
+        hashed += buf.len() as u64;
+    }
+    let sha_mbs = hashed as f64 / 1e6 / started.elapsed().as_secs_f64();
+    // Warm the page cache once, so both readers see the same conditions.
+    let _ = ccl_ledger::verify::verify_ledger(&ledger, &Default::default(), &mut |_, _| {});
+    let opts = ccl_ledger::verify::VerifyOptions {
+        service_cert: Some(id.service_cert.clone()),
+    };
+    let started = Instant::now();
+    let report = ccl_ledger::verify::verify_ledger(&ledger, &opts, &mut |_, _| {})
+        .map_err(|e| anyhow::anyhow!("verification failed: {e}"))?;
+    let ccl_secs = started.elapsed().as_secs_f64();
+    let ccl_mbs = bytes as f64 / 1e6 / ccl_secs;
+    println!(
+        "# ccl bench verify: a {:.0} MB ledger, {} transactions, {} signatures",
+        bytes as f64 / 1e6,
+        report.transactions,
+        report.signatures
+    );
+    println!("machine: {}", machine());
+    println!("| what | MB/s | ratio |");
+    println!("|---|---|---|");
+    println!("| SHA-256, one core, in memory | {sha_mbs:.0} | 1.00 |");
+    println!(
+        "| ccl ledger verify | {ccl_mbs:.0} | {:.2} of SHA-256 |",
+        ccl_mbs / sha_mbs
+    );
+    if let Some(py) = python {
+        let started = Instant::now();
+        let out = std::process::Command::new(py)
+            .args(["-m", "ccf.read_ledger", "-q"])
+            .arg(&ledger)
+            .output()
+            .with_context(|| format!("cannot run {}", py.display()))?;
+        let secs = started.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!(
+                "read_ledger.py failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let py_mbs = bytes as f64 / 1e6 / secs;
+        println!(
+            "| CCF read_ledger.py | {py_mbs:.1} | ccl is {:.0}x faster |",
+            ccl_mbs / py_mbs
+        );
+    }
+    Ok(())
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
