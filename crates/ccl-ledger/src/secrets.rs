@@ -59,7 +59,9 @@ impl LedgerSecret {
         s.push_str("ce:");
         s.push_str(&label);
         s.push(':');
-        s.push_str(&hex::encode(nonce));
+        let mut hexed = [0u8; 64];
+        hex::encode_to_slice(nonce, &mut hexed).expect("64 hex digits for 32 bytes");
+        s.push_str(std::str::from_utf8(&hexed).expect("hex is ASCII"));
         s
     }
 

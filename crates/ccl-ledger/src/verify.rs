@@ -98,8 +98,19 @@ struct Node {
     key: Option<VerifyingKey>,
 }
 
+/// A signature check, run off the main thread (ECDSA verification costs more than hashing a
+/// megabyte): the seqno and transaction id it is about, and the check.
+struct Check {
+    txid: TxId,
+    run: Box<dyn FnOnce() -> Result<(), String> + Send>,
+}
+
+/// Checks queued before the main thread waits for the worker.
+const CHECK_QUEUE: usize = 1024;
+
 struct Verifier<'o> {
     opts: &'o VerifyOptions,
+    checks: std::sync::mpsc::SyncSender<Check>,
     frontier: Frontier,
     nodes: HashMap<String, Node>,
     service_status: Option<ServiceStatus>,
@@ -134,8 +145,46 @@ pub fn verify_ledger(
             .len();
     }
     check_names(&names)?;
+    let (checks, queue) = std::sync::mpsc::sync_channel::<Check>(CHECK_QUEUE);
+    let (result, failed_check) = std::thread::scope(|scope| {
+        let worker = scope.spawn(move || {
+            // Report the earliest failing check; keep draining so the main thread never blocks.
+            let mut first: Option<VerifyError> = None;
+            for c in queue {
+                if first.is_none() {
+                    if let Err(reason) = (c.run)() {
+                        first = Some(VerifyError { txid: Some(c.txid), seqno: Some(c.txid.seqno), chunk: None, reason });
+                    }
+                }
+            }
+            first
+        });
+        let result = verify_chunks(dir, opts, progress, &names, total, checks);
+        let failed = worker.join().unwrap_or_else(|_| {
+            Some(VerifyError { txid: None, seqno: None, chunk: None, reason: "signature checker failed".into() })
+        });
+        (result, failed)
+    });
+    match (result, failed_check) {
+        (Err(e), Some(c)) => Err(if c.seqno < e.seqno { c } else { e }),
+        (Err(e), None) => Err(e),
+        (Ok(_), Some(c)) => Err(c),
+        (Ok(r), None) => Ok(r),
+    }
+}
+
+fn verify_chunks(
+    dir: &Path,
+    opts: &VerifyOptions,
+    progress: &mut dyn FnMut(u64, u64),
+    names: &[ChunkName],
+    total: u64,
+    checks: std::sync::mpsc::SyncSender<Check>,
+) -> Result<VerifyReport, VerifyError> {
+    let plain = |reason: String| VerifyError { txid: None, seqno: None, chunk: None, reason };
     let mut v = Verifier {
         opts,
+        checks,
         frontier: Frontier::new(),
         nodes: HashMap::new(),
         service_status: None,
@@ -146,7 +195,7 @@ pub fn verify_ledger(
     };
     v.frontier.append([0u8; 32]); // CCF's tree starts with an all-zero leaf: seqnos start at 1
     let mut done = 0u64;
-    for name in &names {
+    for name in names {
         let path = dir.join(name.file_name());
         v.chunk(name, &path, &mut |n| {
             done += n;
@@ -543,6 +592,9 @@ impl Verifier<'_> {
                     return Err(err("the COSE signature names another transaction id".into()));
                 }
             }
+            self.check(txid, move || {
+                msg.verify(&key, Some(&root)).map_err(|_| "the service's COSE signature over the root does not verify".to_string())
+            });
         }
         self.frontier.append(pd.leaf(&e.write_set_digest()));
         self.report.transactions += 1;
@@ -644,6 +696,13 @@ impl Verifier<'_> {
         self.report.signatures += 1;
         self.report.last_signed = Some(txid);
         Ok(())
+    }
+}
+
+impl Verifier<'_> {
+    fn check(&self, txid: TxId, run: impl FnOnce() -> Result<(), String> + Send + 'static) {
+        // The worker only stops when the channel closes: a send cannot fail before that.
+        let _ = self.checks.send(Check { txid, run: Box::new(run) });
     }
 }
 

@@ -92,24 +92,67 @@ impl State {
 
     /// Applies writes at `version` (which must follow this state's version).
     pub fn apply(&mut self, version: u64, maps: &[MapWrites<'_>]) {
+        self.apply_inner(version, maps, None);
+    }
+
+    /// Applies writes at `version` and returns what undoes them.
+    fn apply_with_undo(&mut self, version: u64, maps: &[MapWrites<'_>]) -> Undo {
+        let mut undo = Undo { version, prev_version: self.version, maps: Vec::new(), entries: Vec::new() };
+        self.apply_inner(version, maps, Some(&mut undo));
+        undo
+    }
+
+    fn apply_inner(&mut self, version: u64, maps: &[MapWrites<'_>], mut undo: Option<&mut Undo>) {
         assert!(version > self.version, "versions only grow");
         for m in maps {
-            let ms = self.maps.entry(Arc::from(m.name)).or_default();
+            let name: Arc<str> = Arc::from(m.name);
+            if let Some(u) = undo.as_deref_mut() {
+                u.maps.push((name.clone(), self.maps.get(m.name).map(|ms| ms.last_write)));
+            }
+            let ms = self.maps.entry(name.clone()).or_default();
             ms.last_write = version;
             for (k, v) in &m.writes {
-                ms.entries.insert(
+                let prev = ms.entries.insert(
                     Bytes::copy_from_slice(k),
-                    Versioned {
-                        version,
-                        value: Bytes::copy_from_slice(v),
-                    },
+                    Versioned { version, value: Bytes::copy_from_slice(v) },
                 );
+                if let Some(u) = undo.as_deref_mut() {
+                    u.entries.push((name.clone(), Bytes::copy_from_slice(k), prev));
+                }
             }
             for k in &m.removes {
-                ms.entries.remove(*k);
+                let prev = ms.entries.remove(*k);
+                if let Some(u) = undo.as_deref_mut() {
+                    u.entries.push((name.clone(), Bytes::copy_from_slice(k), prev));
+                }
             }
         }
         self.version = version;
+    }
+
+    /// Reverts the writes `undo` recorded (the last ones applied).
+    fn undo(&mut self, undo: &Undo) {
+        assert_eq!(self.version, undo.version, "undo in reverse order");
+        for (map, key, prev) in undo.entries.iter().rev() {
+            let ms = self.maps.entry(map.clone()).or_default();
+            match prev {
+                Some(v) => ms.entries.insert(key.clone(), v.clone()),
+                None => ms.entries.remove(&key[..]),
+            };
+        }
+        for (map, last_write) in undo.maps.iter().rev() {
+            match last_write {
+                Some(w) => {
+                    if let Some(ms) = self.maps.get_mut(&**map) {
+                        ms.last_write = *w;
+                    }
+                }
+                None => {
+                    self.maps.remove(&**map);
+                }
+            }
+        }
+        self.version = undo.prev_version;
     }
 
     /// Builds a state from a snapshot's maps.
@@ -414,8 +457,8 @@ impl Tx {
 #[derive(Debug, Default)]
 pub struct Store {
     current: RwLock<State>,
-    /// States after each uncommitted version, oldest first, and the committed state before them.
-    history: RwLock<std::collections::VecDeque<State>>,
+    /// How to undo each uncommitted version, oldest first (for rollback and recent states).
+    history: RwLock<std::collections::VecDeque<Undo>>,
 }
 
 impl Store {
@@ -460,43 +503,47 @@ impl Store {
             validate(&cur, &tx)?;
         }
         let version = cur.version + 1;
-        let maps = tx.writes.map_writes();
-        cur.apply(version, &maps);
-        self.history
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(cur.clone());
-        Ok((version, tx.writes))
+        let Tx { base, writes, .. } = tx;
+        // Drop the transaction's snapshot first: with no other reference to the current maps,
+        // they are updated in place instead of path-copied.
+        drop(base);
+        let undo = cur.apply_with_undo(version, &writes.map_writes());
+        self.history.write().unwrap_or_else(|p| p.into_inner()).push_back(undo);
+        Ok((version, writes))
     }
 
     /// Applies a write set decoded from the ledger (a backup following the primary, or replay).
     pub fn apply(&self, version: u64, maps: &[MapWrites<'_>]) {
         let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
         assert_eq!(version, cur.version + 1, "write sets apply in order");
-        cur.apply(version, maps);
-        self.history
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(cur.clone());
+        let undo = cur.apply_with_undo(version, maps);
+        self.history.write().unwrap_or_else(|p| p.into_inner()).push_back(undo);
     }
 
-    /// Forgets rollback states before `version` (it is committed; it stays, as the oldest state
-    /// a rollback may return to).
+    /// Forgets how to undo versions up to `version` (it is committed: never rolled back).
     pub fn compact(&self, version: u64) {
         let mut h = self.history.write().unwrap_or_else(|p| p.into_inner());
-        while h.front().is_some_and(|s| s.version < version) {
+        while h.front().is_some_and(|u| u.version <= version) {
             h.pop_front();
         }
     }
 
-    /// The state at `version`, if it is the current state or in the uncommitted window.
+    /// The state at `version`, if it is the current state or in the uncommitted window (or the
+    /// committed version just before it).
     pub fn state_at(&self, version: u64) -> Option<State> {
         let cur = self.current.read().unwrap_or_else(|p| p.into_inner());
         if cur.version == version {
             return Some(cur.clone());
         }
         let h = self.history.read().unwrap_or_else(|p| p.into_inner());
-        h.iter().find(|s| s.version == version).cloned()
+        if version > cur.version || h.front().is_none_or(|u| u.prev_version > version) {
+            return None;
+        }
+        let mut s = cur.clone();
+        for u in h.iter().rev().take_while(|u| u.version > version) {
+            s.undo(u);
+        }
+        Some(s)
     }
 
     /// Rolls the state back to `version` (which must be in the uncommitted window, or the last
@@ -507,17 +554,26 @@ impl Store {
         if version >= cur.version {
             return Ok(());
         }
-        while h.back().is_some_and(|s| s.version > version) {
-            h.pop_back();
+        if h.front().is_none_or(|u| u.prev_version > version) {
+            return Err(format!("state at version {version} is no longer retained"));
         }
-        match h.back() {
-            Some(s) if s.version == version => {
-                *cur = s.clone();
-                Ok(())
-            }
-            _ => Err(format!("state at version {version} is no longer retained")),
+        while h.back().is_some_and(|u| u.version > version) {
+            let u = h.pop_back().expect("checked");
+            cur.undo(&u);
         }
+        assert_eq!(cur.version, version);
+        Ok(())
     }
+}
+
+/// How to undo one version: the previous value of every key it wrote or removed, and the
+/// previous `last_write` of every map it touched (`None`: the map did not exist).
+#[derive(Debug)]
+struct Undo {
+    version: u64,
+    prev_version: u64,
+    maps: Vec<(Arc<str>, Option<u64>)>,
+    entries: Vec<(Arc<str>, Bytes, Option<Versioned>)>,
 }
 
 fn validate(cur: &State, tx: &Tx) -> Result<(), TxError> {

@@ -245,3 +245,56 @@ proptest! {
         prop_assert_eq!(a, b);
     }
 }
+
+fn state_eq(a: &State, b: &State) -> bool {
+    a.version() == b.version()
+        && a.maps().count() == b.maps().count()
+        && a.maps().zip(b.maps()).all(|((n1, m1), (n2, m2))| {
+            n1 == n2 && m1.last_write() == m2.last_write() && m1.iter().eq(m2.iter())
+        })
+}
+
+proptest! {
+    /// Undo logs: the state at, and the rollback to, any version of the uncommitted window equal
+    /// the state rebuilt from scratch.
+    #[test]
+    fn rollback_and_state_at_equal_replay(
+        steps in proptest::collection::vec(proptest::collection::vec((0u8..3, 0u8..6, proptest::option::of(0u8..4)), 1..4), 1..25),
+        committed in any::<prop::sample::Index>(),
+        target in any::<prop::sample::Index>(),
+    ) {
+        let maps = ["public:a", "b", "c"];
+        let write_sets: Vec<Vec<(String, Vec<u8>, Option<Vec<u8>>)>> = steps
+            .iter()
+            .map(|ws| ws.iter().map(|(m, k, v)| (maps[*m as usize].to_string(), vec![*k], v.map(|v| vec![v; 3]))).collect())
+            .collect();
+        let replay = |n: usize| {
+            let s = Store::new();
+            for ws in &write_sets[..n] {
+                let mut tx = s.begin();
+                for (m, k, v) in ws {
+                    match v { Some(v) => tx.put(m, k, v).unwrap(), None => tx.remove(m, k).unwrap() }
+                }
+                s.commit(tx).unwrap();
+            }
+            s
+        };
+        let n = write_sets.len();
+        let store = replay(n);
+        let c = committed.index(n + 1);
+        store.compact(c as u64);
+        let t = target.index(n + 1);
+        let expected = replay(t).state();
+        match store.state_at(t as u64) {
+            Some(s) => prop_assert!(state_eq(&s, &expected)),
+            None => prop_assert!(t < c),
+        }
+        let r = store.rollback(t as u64);
+        if t < c {
+            prop_assert!(r.is_err());
+        } else {
+            r.unwrap();
+            prop_assert!(state_eq(&store.state(), &expected));
+        }
+    }
+}
