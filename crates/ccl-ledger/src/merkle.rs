@@ -104,6 +104,22 @@ impl Frontier {
         Some(rest.iter().rev().fold(*last, |acc, p| sha256_pair(p, &acc)))
     }
 
+    /// The root and, when it is the hash of two nodes the frontier knows, their concatenation
+    /// (its SHA-256 preimage).
+    pub fn root_with_preimage(&self) -> Option<(Digest32, Option<[u8; 64]>)> {
+        let (last, rest) = self.peaks.split_last()?;
+        let mut acc = *last;
+        let mut preimage = None;
+        for p in rest.iter().rev() {
+            let mut pre = [0u8; 64];
+            pre[..32].copy_from_slice(p);
+            pre[32..].copy_from_slice(&acc);
+            acc = sha256_pair(p, &acc);
+            preimage = Some(pre);
+        }
+        Some((acc, preimage))
+    }
+
     /// Serialises as size (u64 LE) then the peaks.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + 32 * self.peaks.len());
@@ -767,6 +783,21 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn root_preimage_hashes_to_the_root(n in 1usize..300) {
+            let mut f = Frontier::new();
+            let leaves: Vec<Digest32> = (0..n).map(|i| sha256(&(i as u64).to_le_bytes())).collect();
+            for l in &leaves {
+                f.append(*l);
+            }
+            let (root, pre) = f.root_with_preimage().unwrap();
+            prop_assert_eq!(root, naive_root(&leaves));
+            match pre {
+                Some(p) => prop_assert_eq!(sha256(&p), root),
+                None => prop_assert!(n.is_power_of_two()),
+            }
+        }
+
         #[test]
         fn roots_and_proofs_match_naive(n in 1usize..600, picks in proptest::collection::vec(any::<u64>(), 8), cut in any::<u64>()) {
             let ls = leaves(n);

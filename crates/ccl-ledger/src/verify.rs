@@ -25,7 +25,6 @@ use ccl_crypto::cose::Sign1;
 use ccl_crypto::keys::VerifyingKey;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
 use std::path::Path;
 
 /// Read buffer of the verifier.
@@ -94,8 +93,10 @@ fn location(txid: &Option<TxId>, seqno: &Option<u64>, chunk: &Option<String>) ->
 struct Node {
     status: NodeStatus,
     cert: Option<String>,
-    /// Public key of `cert`, parsed and checked against the service once.
-    key: Option<VerifyingKey>,
+    /// Public key of `cert`, parsed and checked against the service once, and its DER SPKI.
+    key: Option<(VerifyingKey, Vec<u8>)>,
+    /// The last certificate a signature carried that matched the key (checked once).
+    sig_cert_seen: Option<String>,
 }
 
 /// A signature check, run off the main thread (ECDSA verification costs more than hashing a
@@ -147,21 +148,47 @@ pub fn verify_ledger(
     check_names(&names)?;
     let (checks, queue) = std::sync::mpsc::sync_channel::<Check>(CHECK_QUEUE);
     let (result, failed_check) = std::thread::scope(|scope| {
-        let worker = scope.spawn(move || {
-            // Report the earliest failing check; keep draining so the main thread never blocks.
-            let mut first: Option<VerifyError> = None;
-            for c in queue {
-                if first.is_none() {
-                    if let Err(reason) = (c.run)() {
-                        first = Some(VerifyError { txid: Some(c.txid), seqno: Some(c.txid.seqno), chunk: None, reason });
+        let worker = std::thread::Builder::new()
+            .name("ccl-sig-checks".into())
+            .spawn_scoped(scope, move || {
+                // Report the earliest failing check; keep draining so the main thread never blocks.
+                let mut first: Option<VerifyError> = None;
+                for c in queue {
+                    if first.is_none() {
+                        if let Err(reason) = (c.run)() {
+                            first = Some(VerifyError {
+                                txid: Some(c.txid),
+                                seqno: Some(c.txid.seqno),
+                                chunk: None,
+                                reason,
+                            });
+                        }
                     }
                 }
+                first
+            });
+        let worker = match worker {
+            Ok(w) => w,
+            Err(e) => {
+                return (
+                    Err(VerifyError {
+                        txid: None,
+                        seqno: None,
+                        chunk: None,
+                        reason: format!("cannot start a thread: {e}"),
+                    }),
+                    None,
+                );
             }
-            first
-        });
+        };
         let result = verify_chunks(dir, opts, progress, &names, total, checks);
         let failed = worker.join().unwrap_or_else(|_| {
-            Some(VerifyError { txid: None, seqno: None, chunk: None, reason: "signature checker failed".into() })
+            Some(VerifyError {
+                txid: None,
+                seqno: None,
+                chunk: None,
+                reason: "signature checker failed".into(),
+            })
         });
         (result, failed)
     });
@@ -181,7 +208,12 @@ fn verify_chunks(
     total: u64,
     checks: std::sync::mpsc::SyncSender<Check>,
 ) -> Result<VerifyReport, VerifyError> {
-    let plain = |reason: String| VerifyError { txid: None, seqno: None, chunk: None, reason };
+    let plain = |reason: String| VerifyError {
+        txid: None,
+        seqno: None,
+        chunk: None,
+        reason,
+    };
     let mut v = Verifier {
         opts,
         checks,
@@ -283,9 +315,8 @@ impl Verifier<'_> {
                 format!("{len} bytes is larger than any chunk ({MAX_CHUNK_FILE_SIZE})"),
             ));
         }
-        let mut r = BufReader::with_capacity(READ_BUFFER, file);
         let mut header = [0u8; CHUNK_HEADER_SIZE];
-        r.read_exact(&mut header)
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, 0)
             .map_err(|_| chunk_err(Some(name.start), "chunk header is incomplete".into()))?;
         let table_offset = u64::from_le_bytes(header);
         // Entries span [8, end); a complete chunk has its positions table after them.
@@ -307,14 +338,13 @@ impl Verifier<'_> {
                 let range = crate::chunk::table_bytes(off, len)
                     .map_err(|e| chunk_err(Some(name.start), e.to_string()))?;
                 let mut t = vec![0u8; range.len()];
-                let f = r.get_ref();
-                std::os::unix::fs::FileExt::read_exact_at(f, &mut t, off)
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut t, off)
                     .map_err(|e| chunk_err(None, format!("cannot read positions table: {e}")))?;
                 (off, Some(crate::chunk::parse_table(&t)))
             }
         };
         let mut pos = CHUNK_HEADER_SIZE as u64;
-        let mut buf = Vec::new();
+        let mut win = Window::new(file, pos);
         let mut index = 0usize;
         let mut last_was_signature = false;
         let mut since_progress = 0u64;
@@ -350,10 +380,10 @@ impl Verifier<'_> {
                 }
                 return Err(at("incomplete entry header".into()));
             }
-            buf.resize(ENTRY_HEADER_SIZE, 0);
-            r.read_exact(&mut buf)
+            let header = win
+                .get(ENTRY_HEADER_SIZE)
                 .map_err(|e| at(format!("read: {e}")))?;
-            let n = match entry_len(&buf) {
+            let n = match entry_len(header) {
                 Ok(n) => n as u64,
                 Err(e) => return Err(at(format!("bad entry header: {e}"))),
             };
@@ -366,13 +396,12 @@ impl Verifier<'_> {
                     "entry of {n} bytes runs past the end of the entries ({remaining} left)"
                 )));
             }
-            buf.resize(n as usize, 0);
-            r.read_exact(&mut buf[ENTRY_HEADER_SIZE..])
-                .map_err(|e| at(format!("read: {e}")))?;
-            last_was_signature = self.entry(seqno, &buf).map_err(|mut e| {
+            let bytes = win.get(n as usize).map_err(|e| at(format!("read: {e}")))?;
+            last_was_signature = self.entry(seqno, bytes).map_err(|mut e| {
                 e.chunk = Some(name.file_name());
                 e
             })?;
+            win.advance(n as usize);
             pos += n;
             index += 1;
             since_progress += n;
@@ -477,6 +506,7 @@ impl Verifier<'_> {
                                 status: info.status,
                                 cert: None,
                                 key: None,
+                                sig_cert_seen: None,
                             })
                             .status = info.status;
                     }
@@ -496,6 +526,7 @@ impl Verifier<'_> {
                             status: NodeStatus::Pending,
                             cert: None,
                             key: None,
+                            sig_cert_seen: None,
                         });
                         n.cert = Some(pem.to_string());
                         n.key = None;
@@ -544,10 +575,17 @@ impl Verifier<'_> {
                 _ => {}
             }
         }
-        let root = self.frontier.root().expect("the tree holds leaf 0");
+        // The root costs a hash per level: only signatures need it.
+        let (root, preimage) = if signature.is_some() || cose.is_some() {
+            self.frontier
+                .root_with_preimage()
+                .expect("the tree holds leaf 0")
+        } else {
+            ([0u8; 32], None)
+        };
         let is_signature = signature.is_some();
         if let Some(sig) = signature {
-            self.signature(txid, &sig, &root).map_err(&err)?;
+            self.signature(txid, &sig, &root, preimage).map_err(&err)?;
         }
         if let Some(info) = service {
             if !info.status.may_follow(self.service_status) {
@@ -580,9 +618,6 @@ impl Verifier<'_> {
                 .public_key()
                 .map_err(|e| err(format!("service key: {e}")))?;
             let msg = Sign1::parse(&c).map_err(|e| err(format!("COSE signature: {e}")))?;
-            msg.verify(&key, Some(&root)).map_err(|_| {
-                err("the service's COSE signature over the root does not verify".into())
-            })?;
             if let Some(ccl_crypto::cose::Value::Map(m)) = msg.text_header("ccf.v1") {
                 let t = m
                     .iter()
@@ -593,7 +628,9 @@ impl Verifier<'_> {
                 }
             }
             self.check(txid, move || {
-                msg.verify(&key, Some(&root)).map_err(|_| "the service's COSE signature over the root does not verify".to_string())
+                msg.verify(&key, Some(&root)).map_err(|_| {
+                    "the service's COSE signature over the root does not verify".to_string()
+                })
             });
         }
         self.frontier.append(pd.leaf(&e.write_set_digest()));
@@ -606,6 +643,7 @@ impl Verifier<'_> {
         txid: TxId,
         sig: &PrimarySignature,
         root: &[u8; 32],
+        preimage: Option<[u8; 64]>,
     ) -> Result<(), String> {
         if sig.seqno != txid.seqno || sig.view != txid.view {
             return Err(format!(
@@ -656,21 +694,24 @@ impl Verifier<'_> {
                     sig.node
                 ));
             }
-            node.key = Some(
+            node.key = Some((
                 cert.public_key()
                     .map_err(|e| format!("node {} key: {e}", sig.node))?,
-            );
+                cert.spki_der().to_vec(),
+            ));
+            node.sig_cert_seen = None;
         }
-        if !sig.cert.is_empty() {
+        if !sig.cert.is_empty() && node.sig_cert_seen.as_deref() != Some(sig.cert.as_str()) {
             let c = Certificate::from_pem(&sig.cert)
                 .map_err(|e| format!("certificate in the signature: {e}"))?;
-            let key = node.key.as_ref().expect("set above");
-            if c.spki_der() != key.spki_der() {
+            let (_, spki) = node.key.as_ref().expect("set above");
+            if c.spki_der() != &spki[..] {
                 return Err(format!(
                     "the certificate in the signature is not node {}'s",
                     sig.node
                 ));
             }
+            node.sig_cert_seen = Some(sig.cert.clone());
         }
         if signed_root != root {
             return Err(format!(
@@ -679,19 +720,21 @@ impl Verifier<'_> {
                 txid.seqno
             ));
         }
-        let key = node.key.as_ref().expect("set above");
+        let (key, _) = node.key.clone().expect("set above");
         let der = {
             use base64::Engine as _;
             base64::engine::general_purpose::STANDARD
                 .decode(&sig.sig)
                 .map_err(|_| "the signature is not base64".to_string())?
         };
-        key.verify_prehashed(root, &der).map_err(|_| {
-            format!(
-                "node {}'s signature over the root does not verify",
-                sig.node
-            )
-        })?;
+        let (root, node_id) = (*root, sig.node.clone());
+        self.check(txid, move || {
+            match preimage {
+                Some(p) => key.verify_der_sha256(&p, &der),
+                None => key.verify_prehashed(&root, &der),
+            }
+            .map_err(|_| format!("node {node_id}'s signature over the root does not verify"))
+        });
         self.last_sig = txid.seqno;
         self.report.signatures += 1;
         self.report.last_signed = Some(txid);
@@ -699,10 +742,66 @@ impl Verifier<'_> {
     }
 }
 
+/// Reads a file forward in large blocks and hands out contiguous slices of it: one copy from the
+/// kernel, none after.
+struct Window {
+    file: File,
+    buf: Vec<u8>,
+    lo: usize,
+    hi: usize,
+    /// File offset of `buf[hi]`.
+    file_pos: u64,
+}
+
+impl Window {
+    fn new(file: File, start: u64) -> Self {
+        Window {
+            file,
+            buf: vec![0u8; READ_BUFFER * 4],
+            lo: 0,
+            hi: 0,
+            file_pos: start,
+        }
+    }
+
+    /// The next `n` bytes (without consuming them).
+    fn get(&mut self, n: usize) -> std::io::Result<&[u8]> {
+        if self.hi - self.lo < n {
+            self.buf.copy_within(self.lo..self.hi, 0);
+            self.hi -= self.lo;
+            self.lo = 0;
+            if self.buf.len() < n {
+                self.buf.resize(n, 0);
+            }
+            while self.hi < n {
+                let got = std::os::unix::fs::FileExt::read_at(
+                    &self.file,
+                    &mut self.buf[self.hi..],
+                    self.file_pos,
+                )?;
+                if got == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                self.hi += got;
+                self.file_pos += got as u64;
+            }
+        }
+        Ok(&self.buf[self.lo..self.lo + n])
+    }
+
+    fn advance(&mut self, n: usize) {
+        assert!(self.lo + n <= self.hi, "advance within what was read");
+        self.lo += n;
+    }
+}
+
 impl Verifier<'_> {
     fn check(&self, txid: TxId, run: impl FnOnce() -> Result<(), String> + Send + 'static) {
         // The worker only stops when the channel closes: a send cannot fail before that.
-        let _ = self.checks.send(Check { txid, run: Box::new(run) });
+        let _ = self.checks.send(Check {
+            txid,
+            run: Box::new(run),
+        });
     }
 }
 

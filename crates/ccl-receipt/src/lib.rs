@@ -560,7 +560,9 @@ fn push_hex(out: &mut String, d: &[u8]) {
 
 /// `s` as a JSON string literal.
 fn push_json_str(out: &mut String, s: &str) {
-    let plain = s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f);
+    let plain = s
+        .bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f);
     if plain {
         out.push('"');
         out.push_str(s);

@@ -305,7 +305,11 @@ fn arb_receipt() -> impl Strategy<Value = Receipt> {
                 claims_digest: cl,
             },
             is_signature_transaction: is_sig,
-            service_endorsements: if is_sig { vec!["E1\n".into(), "E2".into()] } else { vec![] },
+            service_endorsements: if is_sig {
+                vec!["E1\n".into(), "E2".into()]
+            } else {
+                vec![]
+            },
         })
 }
 

@@ -97,7 +97,12 @@ impl State {
 
     /// Applies writes at `version` and returns what undoes them.
     fn apply_with_undo(&mut self, version: u64, maps: &[MapWrites<'_>]) -> Undo {
-        let mut undo = Undo { version, prev_version: self.version, maps: Vec::new(), entries: Vec::new() };
+        let mut undo = Undo {
+            version,
+            prev_version: self.version,
+            maps: Vec::new(),
+            entries: Vec::new(),
+        };
         self.apply_inner(version, maps, Some(&mut undo));
         undo
     }
@@ -107,23 +112,29 @@ impl State {
         for m in maps {
             let name: Arc<str> = Arc::from(m.name);
             if let Some(u) = undo.as_deref_mut() {
-                u.maps.push((name.clone(), self.maps.get(m.name).map(|ms| ms.last_write)));
+                u.maps
+                    .push((name.clone(), self.maps.get(m.name).map(|ms| ms.last_write)));
             }
             let ms = self.maps.entry(name.clone()).or_default();
             ms.last_write = version;
             for (k, v) in &m.writes {
                 let prev = ms.entries.insert(
                     Bytes::copy_from_slice(k),
-                    Versioned { version, value: Bytes::copy_from_slice(v) },
+                    Versioned {
+                        version,
+                        value: Bytes::copy_from_slice(v),
+                    },
                 );
                 if let Some(u) = undo.as_deref_mut() {
-                    u.entries.push((name.clone(), Bytes::copy_from_slice(k), prev));
+                    u.entries
+                        .push((name.clone(), Bytes::copy_from_slice(k), prev));
                 }
             }
             for k in &m.removes {
                 let prev = ms.entries.remove(*k);
                 if let Some(u) = undo.as_deref_mut() {
-                    u.entries.push((name.clone(), Bytes::copy_from_slice(k), prev));
+                    u.entries
+                        .push((name.clone(), Bytes::copy_from_slice(k), prev));
                 }
             }
         }
@@ -508,7 +519,10 @@ impl Store {
         // they are updated in place instead of path-copied.
         drop(base);
         let undo = cur.apply_with_undo(version, &writes.map_writes());
-        self.history.write().unwrap_or_else(|p| p.into_inner()).push_back(undo);
+        self.history
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(undo);
         Ok((version, writes))
     }
 
@@ -517,7 +531,10 @@ impl Store {
         let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
         assert_eq!(version, cur.version + 1, "write sets apply in order");
         let undo = cur.apply_with_undo(version, maps);
-        self.history.write().unwrap_or_else(|p| p.into_inner()).push_back(undo);
+        self.history
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(undo);
     }
 
     /// Forgets how to undo versions up to `version` (it is committed: never rolled back).

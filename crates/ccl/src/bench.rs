@@ -15,6 +15,9 @@ pub struct BenchArgs {
     /// Directory for the benchmark's data (a temporary directory by default).
     #[arg(long, global = true)]
     dir: Option<PathBuf>,
+    /// Keep the data written (to inspect or profile it).
+    #[arg(long, global = true)]
+    keep: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -67,7 +70,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         What::Receipts { txs, receipts } => receipts_bench(&dir, txs, receipts),
         What::Verify { mb, python } => verify_bench(&dir, mb, python.as_deref()),
     };
-    let _ = std::fs::remove_dir_all(&dir);
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }
 
