@@ -205,10 +205,10 @@ impl SigningKey {
     /// Signs `msg` hashed with the curve's hash; returns the fixed-size r||s form used by COSE.
     pub fn sign_raw(&self, msg: &[u8]) -> Vec<u8> {
         use ecdsa::signature::Signer;
-        if let Some(k) = self.ring_key() {
-            if let Ok(sig) = k.sign(&ring::rand::SystemRandom::new(), msg) {
-                return sig.as_ref().to_vec();
-            }
+        if let Some(k) = self.ring_key()
+            && let Ok(sig) = k.sign(&ring::rand::SystemRandom::new(), msg)
+        {
+            return sig.as_ref().to_vec();
         }
         match &self.inner {
             SigningInner::P256(k) => {

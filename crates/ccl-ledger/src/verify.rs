@@ -154,15 +154,15 @@ pub fn verify_ledger(
                 // Report the earliest failing check; keep draining so the main thread never blocks.
                 let mut first: Option<VerifyError> = None;
                 for c in queue {
-                    if first.is_none() {
-                        if let Err(reason) = (c.run)() {
-                            first = Some(VerifyError {
-                                txid: Some(c.txid),
-                                seqno: Some(c.txid.seqno),
-                                chunk: None,
-                                reason,
-                            });
-                        }
+                    if first.is_none()
+                        && let Err(reason) = (c.run)()
+                    {
+                        first = Some(VerifyError {
+                            txid: Some(c.txid),
+                            seqno: Some(c.txid.seqno),
+                            chunk: None,
+                            reason,
+                        });
                     }
                 }
                 first

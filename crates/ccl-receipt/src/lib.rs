@@ -308,7 +308,7 @@ impl Receipt {
             push_hex(out, d);
             out.push_str("\"}");
         }
-        out.push_str("]");
+        out.push(']');
         if !self.service_endorsements.is_empty() {
             out.push_str(",\"serviceEndorsements\":[");
             for (i, e) in self.service_endorsements.iter().enumerate() {
