@@ -39,10 +39,24 @@ pub enum ReceiptError {
     #[error("the signature over the Merkle root does not verify with the node certificate")]
     BadSignature,
     #[error(
+        "the receipt claims transaction {txid} but its commit evidence is for transaction {evidence}"
+    )]
+    TxIdMismatch { txid: String, evidence: String },
+    #[error(
         "the claims digest of the application claims ({computed}) is not the receipt's ({receipt})"
     )]
     ClaimsMismatch { computed: String, receipt: String },
 }
+
+/// Base64 decoding as Python's `b64decode(s, validate=True)` does it (what the SDK uses for
+/// signatures and secret keys): standard alphabet, padding required, no whitespace, non-zero
+/// trailing bits tolerated.
+const B64_DECODE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireCanonical),
+);
 
 fn malformed(field: &'static str, reason: impl Into<String>) -> ReceiptError {
     ReceiptError::Malformed {
@@ -102,6 +116,17 @@ pub struct Receipt {
     pub service_endorsements: Vec<String>,
 }
 
+/// Whether `t` is a transaction id: `view.seqno`, two decimal numbers.
+fn is_txid(t: &str) -> bool {
+    let num = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    t.split_once('.').is_some_and(|(v, s)| num(v) && num(s))
+}
+
+/// The transaction id a CCF commit evidence (`ce:view.seqno:hex`) is for, if it has that form.
+fn commit_evidence_txid(ce: &str) -> Option<&str> {
+    ce.strip_prefix("ce:")?.split_once(':').map(|(t, _)| t)
+}
+
 /// A field of a receipt object under either its camelCase or its snake_case name.
 fn field<'a>(o: &'a Map<String, Value>, camel: &str, snake: &str) -> Option<&'a Value> {
     o.get(camel).or_else(|| o.get(snake))
@@ -132,7 +157,13 @@ impl Receipt {
             Some(Value::Object(inner)) => {
                 let txid = match field(top, "transactionId", "transaction_id") {
                     None => None,
-                    Some(Value::String(t)) => Some(t.clone()),
+                    Some(Value::String(t)) if is_txid(t) => Some(t.clone()),
+                    Some(Value::String(_)) => {
+                        return Err(malformed(
+                            "transactionId",
+                            "not a transaction id of the form view.seqno",
+                        ));
+                    }
                     Some(_) => return Err(malformed("transactionId", "not a string")),
                 };
                 if let Some(state) = top.get("state")
@@ -153,7 +184,7 @@ impl Receipt {
         if node_id.len() != 64 || hex::decode(&node_id).is_err() {
             return Err(malformed("nodeId", "not 32 bytes of hex"));
         }
-        let signature = base64::engine::general_purpose::STANDARD
+        let signature = B64_DECODE
             .decode(string(inner.get("signature"), "signature")?)
             .map_err(|_| malformed("signature", "not base64"))?;
         let lc = match field(inner, "leafComponents", "leaf_components") {
@@ -275,6 +306,9 @@ impl Receipt {
         if !self.service_endorsements.is_empty() {
             inner["serviceEndorsements"] = json!(self.service_endorsements);
         }
+        if self.is_signature_transaction {
+            inner["isSignatureTransaction"] = json!(true);
+        }
         let mut out = json!({"receipt": inner, "state": "Ready"});
         if let Some(t) = &self.txid {
             out["transactionId"] = json!(t);
@@ -319,6 +353,9 @@ impl Receipt {
             }
             out.push(']');
         }
+        if self.is_signature_transaction {
+            out.push_str(",\"isSignatureTransaction\":true");
+        }
         out.push_str(",\"signature\":\"");
         base64::engine::general_purpose::STANDARD.encode_string(&self.signature, out);
         out.push_str("\"},\"state\":\"Ready\"");
@@ -354,40 +391,69 @@ impl Receipt {
     /// the service (through the endorsements, if any), node id = hash of the node key, signature
     /// over the root recomputed from the leaf and the proof.
     pub fn verify(&self, service_cert_pem: &str) -> Result<(), ReceiptError> {
-        let service =
-            Certificate::from_pem(service_cert_pem).map_err(|e| ReceiptError::BadCertificate {
-                which: "of the service",
+        // Every certificate must parse and hold an EC key (P-256 or P-384), as the SDK demands.
+        let load = |pem: &str, which: &'static str| {
+            let bad = |e: ccl_crypto::CryptoError| ReceiptError::BadCertificate {
+                which,
                 reason: e.to_string(),
-            })?;
-        let node = Certificate::from_pem(&self.cert).map_err(|e| ReceiptError::BadCertificate {
-            which: "of the node",
-            reason: e.to_string(),
-        })?;
+            };
+            let cert = Certificate::from_pem(pem).map_err(bad)?;
+            let key = cert.public_key().map_err(bad)?;
+            Ok::<_, ReceiptError>((cert, key))
+        };
+        let (service, _) = load(service_cert_pem, "of the service")?;
+        let (node, node_key) = load(&self.cert, "of the node")?;
+        if self.service_endorsements.len() > MAX_ENDORSEMENTS {
+            return Err(malformed(
+                "serviceEndorsements",
+                format!("more than {MAX_ENDORSEMENTS} certificates"),
+            ));
+        }
+        // The node certificate is endorsed by the first endorsement, each endorsement by the
+        // next, the last by the service certificate (just the service certificate if none).
         let mut endorsee = node.clone();
         for (i, pem) in self.service_endorsements.iter().enumerate() {
-            let e = Certificate::from_pem(pem).map_err(|e| ReceiptError::BadCertificate {
-                which: "of a service endorsement",
-                reason: e.to_string(),
-            })?;
+            let (e, _) = load(pem, "of a service endorsement")?;
             endorsee.verify_issued_by(&e).map_err(|_| {
-                ReceiptError::NotEndorsed(format!(" (endorsement {i} does not sign the chain)"))
+                ReceiptError::NotEndorsed(format!(
+                    " (service endorsement {i} did not endorse the {})",
+                    if i == 0 {
+                        "node certificate".to_string()
+                    } else {
+                        format!("service endorsement {}", i - 1)
+                    }
+                ))
             })?;
             endorsee = e;
         }
-        endorsee
-            .verify_issued_by(&service)
-            .map_err(|_| ReceiptError::NotEndorsed(String::new()))?;
-        if hex::encode(node.key_id()) != self.node_id.to_ascii_lowercase() {
+        endorsee.verify_issued_by(&service).map_err(|_| {
+            ReceiptError::NotEndorsed(if self.service_endorsements.is_empty() {
+                String::new()
+            } else {
+                " (the last service endorsement is not issued by the service certificate)".into()
+            })
+        })?;
+        if !ccl_crypto::hash::constant_time_eq(
+            hex::encode(node.key_id()).as_bytes(),
+            self.node_id.to_ascii_lowercase().as_bytes(),
+        ) {
             return Err(ReceiptError::NodeIdMismatch);
         }
-        let key = node
-            .public_key()
-            .map_err(|e| ReceiptError::BadCertificate {
-                which: "of the node",
-                reason: e.to_string(),
-            })?;
-        key.verify_prehashed(&self.root(), &self.signature)
-            .map_err(|_| ReceiptError::BadSignature)
+        node_key
+            .verify_prehashed(&self.root(), &self.signature)
+            .map_err(|_| ReceiptError::BadSignature)?;
+        // Not in the SDK: the transaction id shown with the receipt (unsigned) must be the one
+        // the signed commit evidence names.
+        if let (Some(txid), Some(evidence)) =
+            (&self.txid, commit_evidence_txid(&self.leaf.commit_evidence))
+            && txid != evidence
+        {
+            return Err(ReceiptError::TxIdMismatch {
+                txid: txid.clone(),
+                evidence: evidence.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// [`Receipt::verify`], and the application claims' digest is the receipt's claims digest.
@@ -521,7 +587,7 @@ impl ApplicationClaim {
                     .get("ledgerEntry")
                     .and_then(Value::as_object)
                     .ok_or_else(|| bad("ledgerEntry is missing"))?;
-                let secret_key = base64::engine::general_purpose::STANDARD
+                let secret_key = B64_DECODE
                     .decode(s(e, "secretKey")?)
                     .map_err(|_| bad("secretKey is not base64"))?;
                 Ok(ApplicationClaim::LedgerEntry {

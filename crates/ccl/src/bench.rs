@@ -32,6 +32,10 @@ enum What {
         sizes: Vec<usize>,
         #[arg(long, default_value_t = 1000)]
         sig_every: u64,
+        /// Distinct keys written (the store keeps the latest value of each; the ledger keeps
+        /// every write). 0: a new key for every transaction.
+        #[arg(long, default_value_t = 1024)]
+        keys: u64,
     },
     /// Receipts for random committed seqnos.
     Receipts {
@@ -66,7 +70,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             txs,
             sizes,
             sig_every,
-        } => append(&dir, txs, &sizes, sig_every),
+            keys,
+        } => append(&dir, txs, &sizes, sig_every, keys),
         What::Receipts { txs, receipts } => receipts_bench(&dir, txs, receipts),
         What::Verify { mb, python } => verify_bench(&dir, mb, python.as_deref()),
     };
@@ -96,6 +101,7 @@ pub fn write_ledger(
     txs: u64,
     size: usize,
     sig_every: u64,
+    keys: u64,
 ) -> Result<(Engine, Identity, Duration)> {
     let id = Identity::generate(&["localhost".into()])?;
     let cfg = EngineConfig {
@@ -123,7 +129,8 @@ pub fn write_ledger(
     let mut committed = 0;
     for i in 0..txs {
         let mut tx = engine.store().begin();
-        tx.put("records", &i.to_be_bytes(), &value)?;
+        let key = if keys == 0 { i } else { i % keys };
+        tx.put("records", &key.to_be_bytes(), &value)?;
         engine.commit(tx, None)?;
         engine.maybe_emit_signature(Instant::now())?;
         if i % 256 == 255 {
@@ -145,16 +152,17 @@ pub fn write_ledger(
     Ok((engine, id, started.elapsed()))
 }
 
-fn append(dir: &Path, txs: u64, sizes: &[usize], sig_every: u64) -> Result<()> {
+fn append(dir: &Path, txs: u64, sizes: &[usize], sig_every: u64, keys: u64) -> Result<()> {
+    let over = if keys == 0 { "a new key each".to_string() } else { format!("over {keys} keys") };
     println!(
-        "# ccl bench append: {txs} durable transactions per size, signature every {sig_every}, group commit"
+        "# ccl bench append: {txs} durable transactions per size ({over}), signature every {sig_every}, group commit"
     );
     println!("machine: {}", machine());
     println!("| value size | tx/s | MB/s of ledger | elapsed |");
     println!("|---|---|---|---|");
     for &size in sizes {
         let d = dir.join(format!("append-{size}"));
-        let (engine, _, elapsed) = write_ledger(&d, txs, size, sig_every)?;
+        let (engine, _, elapsed) = write_ledger(&d, txs, size, sig_every, keys)?;
         let bytes = dir_size(&d.join(ccl_engine::LEDGER_DIR));
         drop(engine);
         let secs = elapsed.as_secs_f64();
@@ -169,7 +177,7 @@ fn append(dir: &Path, txs: u64, sizes: &[usize], sig_every: u64) -> Result<()> {
 }
 
 fn receipts_bench(dir: &Path, txs: u64, n: u64) -> Result<()> {
-    let (engine, _, _) = write_ledger(dir, txs, 100, 1000)?;
+    let (engine, _, _) = write_ledger(dir, txs, 100, 1000, 1024)?;
     let h = engine.handle();
     let committed = h.committed_seqno();
     // Signature transactions at the very end have no later signature: ask below the last one.
@@ -209,7 +217,7 @@ fn receipts_bench(dir: &Path, txs: u64, n: u64) -> Result<()> {
 fn verify_bench(dir: &Path, mb: u64, python: Option<&Path>) -> Result<()> {
     // ~1 KiB transactions until the ledger reaches the size asked for.
     let txs = mb * 1_000_000 / 1100;
-    let (engine, id, _) = write_ledger(dir, txs, 1024, 1000)?;
+    let (engine, id, _) = write_ledger(dir, txs, 1024, 1000, 1024)?;
     drop(engine);
     let ledger = dir.join(ccl_engine::LEDGER_DIR);
     let bytes = dir_size(&ledger);
