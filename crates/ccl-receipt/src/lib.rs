@@ -215,19 +215,18 @@ impl Receipt {
             ));
         }
         let mut proof = Vec::with_capacity(steps.len());
-        for s in steps {
-            let o = s
-                .as_object()
-                .ok_or_else(|| malformed("proof", "a step is not an object"))?;
+        for (i, s) in steps.iter().enumerate() {
+            let step_err = |reason: &str| malformed("proof", format!("step {i}: {reason}"));
+            let step_digest = |v: &Value| match digest(Some(v), "proof") {
+                Ok(d) => Ok(d),
+                Err(ReceiptError::Malformed { reason, .. }) => Err(step_err(&reason)),
+                Err(e) => Err(e),
+            };
+            let o = s.as_object().ok_or_else(|| step_err("not an object"))?;
             proof.push(match (o.get("left"), o.get("right"), o.len()) {
-                (Some(l), None, 1) => ProofStep::Left(digest(Some(l), "proof")?),
-                (None, Some(r), 1) => ProofStep::Right(digest(Some(r), "proof")?),
-                _ => {
-                    return Err(malformed(
-                        "proof",
-                        "a step must hold exactly one of left or right",
-                    ));
-                }
+                (Some(l), None, 1) => ProofStep::Left(step_digest(l)?),
+                (None, Some(r), 1) => ProofStep::Right(step_digest(r)?),
+                _ => return Err(step_err("must hold exactly one of left or right")),
             });
         }
         let is_signature_transaction =

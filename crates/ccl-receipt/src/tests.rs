@@ -16,8 +16,7 @@ fn cases() -> Vec<(Value, String)> {
             let cert = v["service_certificates"][c["service_certificate"].as_str().unwrap()]
                 .as_str()
                 .unwrap()
-                .trim()
-                .to_string();
+                .to_string(); // as given (some have a leading newline), like the SDK takes it
             (c["receipt"].clone(), cert)
         })
         .collect()
@@ -30,6 +29,30 @@ fn real_azure_receipts_verify() {
     for (r, cert) in &cases {
         let receipt = Receipt::from_json(r).unwrap();
         receipt.verify(cert).unwrap();
+        // The transaction id, when given, must be the commit evidence's.
+        let ce_txid = receipt
+            .leaf
+            .commit_evidence
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let with_txid = Receipt {
+            txid: Some(ce_txid.clone()),
+            ..receipt.clone()
+        };
+        with_txid.verify(cert).unwrap();
+        let wrong_txid = Receipt {
+            txid: Some(format!("{ce_txid}1")),
+            ..receipt.clone()
+        };
+        assert!(matches!(
+            wrong_txid.verify(cert),
+            Err(ReceiptError::TxIdMismatch { .. })
+        ));
+        // Wrapped in Azure's response shape.
+        let wrapped = json!({"receipt": r, "state": "Ready", "transactionId": ce_txid});
+        Receipt::from_json(&wrapped).unwrap().verify(cert).unwrap();
         // Both shapes round-trip and still verify.
         for shape in [receipt.to_azure_json(), receipt.to_ccf_json()] {
             let again = Receipt::from_json(&shape).unwrap();
@@ -61,7 +84,15 @@ fn any_altered_field_fails() {
             .unwrap()
             .clone();
         let good = Receipt::from_json(&r).unwrap();
+        let other_node_cert = all
+            .iter()
+            .map(|(r, _)| Receipt::from_json(r).unwrap().cert)
+            .find(|c| *c != good.cert)
+            .unwrap();
         let mut variants: Vec<(String, Receipt)> = Vec::new();
+        let mut v = good.clone();
+        v.cert = other_node_cert;
+        variants.push(("cert of another node".into(), v));
         let mut v = good.clone();
         v.leaf.write_set_digest[5] ^= 1;
         variants.push(("write set digest".into(), v));
@@ -117,7 +148,22 @@ fn any_altered_field_fails() {
         variants.push(("endorsements".into(), v));
         for (what, v) in variants {
             assert_ne!(v, good);
-            assert!(v.verify(&cert).is_err(), "altered {what} still verifies");
+            let err = v.verify(&cert).expect_err(&what);
+            // Each alteration is caught by the check meant for it.
+            let expected_ok = match &err {
+                ReceiptError::BadSignature => {
+                    what.starts_with("proof")
+                        || what.starts_with("commit")
+                        || what.ends_with("digest")
+                        || what == "signature"
+                }
+                // The service certificate in place of the node's is "endorsed" (self-signed)
+                // but has another key.
+                ReceiptError::NodeIdMismatch => what == "node id" || what == "cert",
+                ReceiptError::NotEndorsed(_) => what.starts_with("cert") || what == "endorsements",
+                _ => false,
+            };
+            assert!(expected_ok, "altered {what}: unexpected error {err:?}");
             // Also through JSON, as a user would hand it over.
             assert!(
                 Receipt::from_json(&v.to_azure_json())
@@ -250,6 +296,49 @@ fn malformed_receipts_and_claims_are_refused_with_the_field() {
             "nodeId",
         ),
         (json!({"receipt": r.clone(), "state": "Loading"}), "state"),
+        (
+            json!({"receipt": r.clone(), "state": "Ready", "transactionId": "2.x"}),
+            "transactionId",
+        ),
+        (
+            json!({"receipt": r.clone(), "state": "Ready", "transactionId": 15}),
+            "transactionId",
+        ),
+        (
+            {
+                let mut v = r.clone();
+                v["proof"][2] = json!({"right": "00".repeat(31)});
+                v
+            },
+            "step 2: not 32 bytes",
+        ),
+        (
+            {
+                let mut v = r.clone();
+                v["serviceEndorsements"] = json!(vec!["x"; MAX_ENDORSEMENTS + 1]);
+                v
+            },
+            "serviceEndorsements",
+        ),
+        (
+            {
+                let mut v = r.clone();
+                v.as_object_mut().unwrap().remove("signature");
+                v
+            },
+            "signature: missing",
+        ),
+        (
+            {
+                let mut v = r.clone();
+                v["leafComponents"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("commitEvidence");
+                v
+            },
+            "commitEvidence: missing",
+        ),
     ];
     for (v, field) in cases {
         let e = Receipt::from_json(&v).expect_err(field);
@@ -320,7 +409,10 @@ proptest! {
         r.write_azure_json(&mut fast);
         prop_assert_eq!(serde_json::from_str::<Value>(&fast).unwrap(), r.to_azure_json());
         let from_azure = Receipt::from_json(&r.to_azure_json()).unwrap();
-        prop_assert_eq!(&from_azure, &Receipt { is_signature_transaction: false, ..r.clone() });
+        prop_assert_eq!(&from_azure, &r);
+        // The serialised text parses back too.
+        prop_assert_eq!(&Receipt::from_slice(fast.as_bytes()).unwrap(), &r);
+        prop_assert_eq!(&Receipt::from_slice(r.to_ccf_json().to_string().as_bytes()).unwrap(), &Receipt { txid: None, ..r.clone() });
         let from_ccf = Receipt::from_json(&r.to_ccf_json()).unwrap();
         prop_assert_eq!(&from_ccf, &Receipt { txid: None, ..r.clone() });
         prop_assert_eq!(from_ccf.root(), r.root());

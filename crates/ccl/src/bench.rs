@@ -52,6 +52,9 @@ enum What {
         /// A Python with the `ccf` package, to time read_ledger.py on the same ledger.
         #[arg(long)]
         python: Option<PathBuf>,
+        /// A signature transaction every this many transactions in the ledger built.
+        #[arg(long, default_value_t = 1000)]
+        sig_every: u64,
     },
 }
 
@@ -73,7 +76,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             keys,
         } => append(&dir, txs, &sizes, sig_every, keys),
         What::Receipts { txs, receipts } => receipts_bench(&dir, txs, receipts),
-        What::Verify { mb, python } => verify_bench(&dir, mb, python.as_deref()),
+        What::Verify {
+            mb,
+            python,
+            sig_every,
+        } => verify_bench(&dir, mb, python.as_deref(), sig_every),
     };
     if !args.keep {
         let _ = std::fs::remove_dir_all(&dir);
@@ -153,7 +160,11 @@ pub fn write_ledger(
 }
 
 fn append(dir: &Path, txs: u64, sizes: &[usize], sig_every: u64, keys: u64) -> Result<()> {
-    let over = if keys == 0 { "a new key each".to_string() } else { format!("over {keys} keys") };
+    let over = if keys == 0 {
+        "a new key each".to_string()
+    } else {
+        format!("over {keys} keys")
+    };
     println!(
         "# ccl bench append: {txs} durable transactions per size ({over}), signature every {sig_every}, group commit"
     );
@@ -214,10 +225,10 @@ fn receipts_bench(dir: &Path, txs: u64, n: u64) -> Result<()> {
     Ok(())
 }
 
-fn verify_bench(dir: &Path, mb: u64, python: Option<&Path>) -> Result<()> {
+fn verify_bench(dir: &Path, mb: u64, python: Option<&Path>, sig_every: u64) -> Result<()> {
     // ~1 KiB transactions until the ledger reaches the size asked for.
     let txs = mb * 1_000_000 / 1100;
-    let (engine, id, _) = write_ledger(dir, txs, 1024, 1000, 1024)?;
+    let (engine, id, _) = write_ledger(dir, txs, 1024, sig_every, 1024)?;
     drop(engine);
     let ledger = dir.join(ccl_engine::LEDGER_DIR);
     let bytes = dir_size(&ledger);

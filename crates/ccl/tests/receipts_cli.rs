@@ -6,7 +6,10 @@ mod common;
 use serde_json::Value;
 
 fn vectors() -> Value {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../ccl-receipt/testdata/acl-receipts.json");
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ccl-receipt/testdata/acl-receipts.json"
+    );
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
@@ -15,14 +18,25 @@ fn verify(dir: &std::path::Path, receipt: &Value, cert: &str) -> std::process::O
     let c = dir.join("c.pem");
     std::fs::write(&r, receipt.to_string()).unwrap();
     std::fs::write(&c, cert).unwrap();
-    common::ccl().args(["receipt", "verify"]).arg(&r).arg("--service-cert").arg(&c).output().unwrap()
+    common::ccl()
+        .args(["receipt", "verify"])
+        .arg(&r)
+        .arg("--service-cert")
+        .arg(&c)
+        .output()
+        .unwrap()
 }
 
 /// Every string leaf of `v` (with its JSON pointer), except the node certificate's PEM armour.
 fn string_leaves(v: &Value, path: String, out: &mut Vec<String>) {
     match v {
-        Value::Object(m) => m.iter().for_each(|(k, x)| string_leaves(x, format!("{path}/{k}"), out)),
-        Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| string_leaves(x, format!("{path}/{i}"), out)),
+        Value::Object(m) => m
+            .iter()
+            .for_each(|(k, x)| string_leaves(x, format!("{path}/{k}"), out)),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, x)| string_leaves(x, format!("{path}/{i}"), out)),
         Value::String(_) => out.push(path),
         _ => {}
     }
@@ -50,10 +64,16 @@ fn real_azure_receipts_pass_and_any_altered_field_fails() {
     let v = vectors();
     let mut altered = 0;
     for case in v["valid_receipts"].as_array().unwrap() {
-        let cert = v["service_certificates"][case["service_certificate"].as_str().unwrap()].as_str().unwrap();
+        let cert = v["service_certificates"][case["service_certificate"].as_str().unwrap()]
+            .as_str()
+            .unwrap();
         let receipt = &case["receipt"];
         let out = verify(dir.path(), receipt, cert);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut leaves = Vec::new();
         string_leaves(receipt, String::new(), &mut leaves);
         for p in leaves {
