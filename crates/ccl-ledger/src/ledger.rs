@@ -102,8 +102,11 @@ struct ReadIndex {
 struct Shared {
     index: RwLock<ReadIndex>,
     /// Complete chunks by first seqno: open file, positions, offset of the table.
-    tables: Mutex<lru::LruCache<u64, (Arc<File>, Arc<Vec<u32>>, u64)>>,
+    tables: Mutex<lru::LruCache<u64, ChunkTable>>,
 }
+
+/// A complete chunk's open file, positions table and the table's offset.
+type ChunkTable = (Arc<File>, Arc<Vec<u32>>, u64);
 
 /// The writer side of a node's ledger directory. One per directory.
 pub struct Ledger {
@@ -670,7 +673,7 @@ impl LedgerReader {
         &self,
         start: u64,
         path: &Path,
-    ) -> Result<(Arc<File>, Arc<Vec<u32>>, u64), LedgerError> {
+    ) -> Result<ChunkTable, LedgerError> {
         if let Some(t) = self
             .shared
             .tables

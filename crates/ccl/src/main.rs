@@ -2,6 +2,7 @@
 
 mod bench;
 mod offline;
+mod start;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -16,6 +17,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a node: a single-node service on embedded defaults in ./ccl-data (identities
+    /// generated on first start), recovered from disk on later starts.
+    Start(start::StartArgs),
     /// Offline operations on ledger directories.
     Ledger {
         #[command(subcommand)]
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
                 },
         } => offline::receipt_verify(&receipt, &service_cert, claims.as_deref()),
         Command::Bench(args) => bench::run(args),
+        Command::Start(args) => start::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("ccl-receipt", 1),
     ("ccl-store", 2),
     ("ccl-engine", 3),
+    ("ccl-node", 5),
     ("ccl", 9),
 ];
 

@@ -1,0 +1,474 @@
+//! The HTTP API: Azure Confidential Ledger's data plane (api-version 2022-05-13) under `/app`,
+//! CCF-style node endpoints under `/node`. Every route declares who may call it ([`Policy`]);
+//! anything else is denied. Errors are `{"error":{"code","message"}}`.
+
+use crate::{Shared, maps};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ccl_engine::TxStatus;
+use ccl_ledger::txid::TxId;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The only api-version served.
+pub const API_VERSION: &str = "2022-05-13";
+/// Largest entry `contents`, in UTF-8 bytes (Azure's limit).
+pub const MAX_CONTENTS: usize = 8192;
+/// Longest collection id, in bytes (Azure's limit).
+pub const MAX_COLLECTION_ID: usize = 256;
+/// Largest request body read.
+pub const MAX_BODY: usize = 64 << 10;
+/// The collection of entries written without one.
+pub const DEFAULT_COLLECTION: &str = "subledger:0";
+/// The constitution a new service starts with.
+pub const DEFAULT_CONSTITUTION: &str = "export function validate(input) { return { valid: true }; }\n\
+export function resolve(proposal, proposerId, votes) { return votes.filter(v => v.vote).length > 0 ? \"Accepted\" : \"Open\"; }\n\
+export function apply(proposal, proposalId) {}\n";
+
+/// Who is calling: the fingerprint of the TLS client certificate, if any.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user_id: Option<String>,
+}
+
+/// Roles of Azure Confidential Ledger users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Reader,
+    Contributor,
+    Administrator,
+}
+
+impl Role {
+    fn parse(s: &str) -> Option<Role> {
+        match s {
+            "Reader" => Some(Role::Reader),
+            "Contributor" => Some(Role::Contributor),
+            "Administrator" => Some(Role::Administrator),
+            _ => None,
+        }
+    }
+}
+
+/// Who may call an endpoint.
+#[derive(Clone, Copy, Debug)]
+pub enum Policy {
+    /// Anyone, with or without a certificate (node status endpoints).
+    Anyone,
+    /// A user with at least this role.
+    User(Role),
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "internal error",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn json_response(v: Value) -> Response {
+    axum::Json(v).into_response()
+}
+
+/// Checks `policy` for `caller` against the users map.
+fn authorize(shared: &Shared, caller: &Caller, policy: Policy) -> Result<(), ApiError> {
+    let Policy::User(min) = policy else {
+        return Ok(());
+    };
+    let Some(id) = &caller.user_id else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "a client certificate is required",
+        ));
+    };
+    let state = shared.handle.store().state();
+    let role = state
+        .get(maps::USERS, id.as_bytes())
+        .and_then(|v| serde_json::from_slice::<Value>(&v.value).ok())
+        .and_then(|u| u["assignedRole"].as_str().and_then(Role::parse));
+    match role {
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "the client certificate is not a user's",
+        )),
+        Some(r) if r < min => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("this requires the {min:?} role; the caller is a {r:?}"),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn api_version(q: &HashMap<String, String>) -> Result<(), ApiError> {
+    match q.get("api-version").map(String::as_str) {
+        Some(API_VERSION) => Ok(()),
+        Some(v) => Err(ApiError::bad(
+            "UnsupportedApiVersion",
+            format!("api-version {v} is not supported; use {API_VERSION}"),
+        )),
+        None => Err(ApiError::bad(
+            "MissingApiVersion",
+            format!("the api-version query parameter is required ({API_VERSION})"),
+        )),
+    }
+}
+
+fn collection(q: &HashMap<String, String>) -> Result<String, ApiError> {
+    let c = q
+        .get("collectionId")
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_COLLECTION.to_string());
+    if c.len() > MAX_COLLECTION_ID {
+        return Err(ApiError::bad(
+            "CollectionIdTooLong",
+            format!("a collection id has at most {MAX_COLLECTION_ID} bytes"),
+        ));
+    }
+    if c.is_empty() {
+        return Err(ApiError::bad(
+            "InvalidCollectionId",
+            "the collection id is empty",
+        ));
+    }
+    Ok(c)
+}
+
+fn parse_txid(s: &str) -> Result<TxId, ApiError> {
+    s.parse::<TxId>().map_err(|_| {
+        ApiError::bad(
+            "InvalidTransactionId",
+            format!("{s:?} is not a transaction id (view.seqno)"),
+        )
+    })
+}
+
+/// Everything an `/app` handler starts with.
+fn app_prologue(
+    shared: &Shared,
+    caller: &Caller,
+    q: &HashMap<String, String>,
+    policy: Policy,
+) -> Result<(), ApiError> {
+    authorize(shared, caller, policy)?;
+    api_version(q)
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/app/transactions", post(write_entry))
+        .route("/app/transactions/current", get(current_entry))
+        .route("/app/transactions/{txid}", get(get_entry))
+        .route("/app/transactions/{txid}/receipt", get(get_receipt))
+        .route("/app/transactions/{txid}/status", get(get_status))
+        .route("/app/governance/constitution", get(constitution))
+        .route("/app/governance/members", get(members))
+        .route("/node/commit", get(node_commit))
+        .route("/node/network", get(node_network))
+        .route("/node/state", get(node_state))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFound",
+                "no such endpoint",
+            )
+        })
+        .with_state(shared)
+}
+
+async fn write_entry(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Contributor))?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedContentType",
+            "the body must be application/json",
+        ));
+    }
+    if body.len() > MAX_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLarge",
+            format!("bodies have at most {MAX_BODY} bytes"),
+        ));
+    }
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("InvalidJson", format!("the body is not JSON: {e}")))?;
+    let contents = v
+        .get("contents")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad("InvalidEntry", "the body must be {\"contents\": string}"))?;
+    if contents.len() > MAX_CONTENTS {
+        return Err(ApiError::bad(
+            "EntrySizeCapacityExceeded",
+            format!(
+                "entry contents have at most {MAX_CONTENTS} bytes, this one has {}",
+                contents.len()
+            ),
+        ));
+    }
+    let coll = collection(&q)?;
+    let value = json!({"contents": contents}).to_string();
+    let txid = {
+        let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tx = e.store().begin();
+        tx.put(maps::ENTRIES, coll.as_bytes(), value.as_bytes())
+            .map_err(|e| ApiError::bad("InvalidEntry", e.to_string()))?;
+        e.commit(tx, None).map_err(ApiError::internal)?
+    };
+    let mut resp = json_response(json!({"collectionId": coll}));
+    resp.headers_mut().insert(
+        "x-ms-ccf-transaction-id",
+        HeaderValue::from_str(&txid.to_string()).map_err(ApiError::internal)?,
+    );
+    Ok(resp)
+}
+
+/// The entry a transaction wrote, if it wrote one.
+fn entry_of(shared: &Shared, txid: TxId) -> Result<Option<(String, String)>, ApiError> {
+    let tx = match shared.handle.read_transaction(txid.seqno) {
+        Ok(t) => t,
+        Err(ccl_engine::EngineError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    if tx.txid != txid {
+        return Ok(None);
+    }
+    for m in &tx.maps {
+        if m.name == maps::ENTRIES {
+            if let Some((k, v)) = m.writes.first() {
+                let contents = serde_json::from_slice::<Value>(v)
+                    .ok()
+                    .and_then(|v| v["contents"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                return Ok(Some((String::from_utf8_lossy(k).into_owned(), contents)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn not_found(txid: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "TransactionNotFound",
+        format!("no ledger entry at transaction {txid}"),
+    )
+}
+
+async fn get_entry(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(txid): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Reader))?;
+    let t = parse_txid(&txid)?;
+    match shared.handle.tx_status(t) {
+        TxStatus::Committed => {}
+        TxStatus::Pending => return Ok(json_response(json!({"state": "Loading"}))),
+        _ => return Err(not_found(&txid)),
+    }
+    let Some((coll, contents)) = entry_of(&shared, t)? else {
+        return Err(not_found(&txid));
+    };
+    if let Some(want) = q.get("collectionId") {
+        if *want != coll {
+            return Err(not_found(&txid));
+        }
+    }
+    Ok(json_response(json!({
+        "state": "Ready",
+        "entry": {"contents": contents, "collectionId": coll, "transactionId": t.to_string()},
+    })))
+}
+
+async fn get_receipt(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(txid): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Reader))?;
+    let t = parse_txid(&txid)?;
+    match shared.handle.tx_status(t) {
+        TxStatus::Committed => {}
+        TxStatus::Pending => {
+            return Ok(json_response(
+                json!({"receipt": null, "state": "Loading", "transactionId": ""}),
+            ));
+        }
+        _ => return Err(not_found(&txid)),
+    }
+    match shared.handle.receipt(t.seqno) {
+        Ok(r) => {
+            let mut out = String::with_capacity(2048);
+            r.to_receipt().write_azure_json(&mut out);
+            Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+        }
+        // Committed, but the signature that proves it is not committed yet.
+        Err(ccl_engine::EngineError::NotCommitted(_)) => Ok(json_response(
+            json!({"receipt": null, "state": "Loading", "transactionId": ""}),
+        )),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+async fn get_status(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(txid): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Reader))?;
+    let t = parse_txid(&txid)?;
+    let state = match shared.handle.tx_status(t) {
+        TxStatus::Committed => "Committed",
+        TxStatus::Pending => "Pending",
+        TxStatus::Unknown => return Err(not_found(&txid)),
+        TxStatus::Invalid => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "InvalidTransactionId",
+                format!("transaction {txid} will never be committed"),
+            ));
+        }
+    };
+    Ok(json_response(
+        json!({"state": state, "transactionId": t.to_string()}),
+    ))
+}
+
+async fn current_entry(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Reader))?;
+    let coll = collection(&q)?;
+    let state = shared.handle.store().state();
+    let Some(v) = state.get(maps::ENTRIES, coll.as_bytes()) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "CollectionNotFound",
+            format!("no entry in collection {coll}"),
+        ));
+    };
+    let contents = serde_json::from_slice::<Value>(&v.value)
+        .ok()
+        .and_then(|v| v["contents"].as_str().map(str::to_string));
+    let view = shared.handle.view_of(v.version).unwrap_or(0);
+    Ok(json_response(json!({
+        "contents": contents.unwrap_or_default(),
+        "collectionId": coll,
+        "transactionId": TxId::new(view, v.version).to_string(),
+    })))
+}
+
+async fn constitution(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Reader))?;
+    let state = shared.handle.store().state();
+    let script = state
+        .get(maps::CONSTITUTION, &ccl_ledger::tables::SINGLETON_KEY)
+        .map(|v| String::from_utf8_lossy(&v.value).into_owned())
+        .unwrap_or_default();
+    Ok(json_response(
+        json!({"digest": hex::encode(ccl_crypto::sha256(script.as_bytes())), "script": script}),
+    ))
+}
+
+async fn members(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Reader))?;
+    let state = shared.handle.store().state();
+    let members: Vec<Value> = state
+        .map(maps::MEMBERS)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| json!({"id": String::from_utf8_lossy(k), "certificate": String::from_utf8_lossy(&v.value)}))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(json_response(json!({"members": members})))
+}
+
+async fn node_commit(State(shared): State<Arc<Shared>>) -> ApiResult {
+    Ok(json_response(
+        json!({"transaction_id": shared.handle.committed_txid().to_string()}),
+    ))
+}
+
+async fn node_network(State(shared): State<Arc<Shared>>) -> ApiResult {
+    Ok(json_response(json!({
+        "service_certificate": shared.service_cert_pem,
+        "service_status": "Open",
+        "current_view": shared.handle.current_view(),
+        "primary_id": shared.node_id,
+    })))
+}
+
+async fn node_state(State(shared): State<Arc<Shared>>) -> ApiResult {
+    Ok(json_response(json!({
+        "node_id": shared.node_id,
+        "state": "PartOfNetwork",
+        "last_signed_seqno": shared.handle.committed_seqno(),
+        "uptime_seconds": shared.started.elapsed().as_secs(),
+    })))
+}
