@@ -669,11 +669,7 @@ impl LedgerReader {
         read_at(&file, from, to, &path)
     }
 
-    fn table(
-        &self,
-        start: u64,
-        path: &Path,
-    ) -> Result<ChunkTable, LedgerError> {
+    fn table(&self, start: u64, path: &Path) -> Result<ChunkTable, LedgerError> {
         if let Some(t) = self
             .shared
             .tables

@@ -285,14 +285,14 @@ fn entry_of(shared: &Shared, txid: TxId) -> Result<Option<(String, String)>, Api
         return Ok(None);
     }
     for m in &tx.maps {
-        if m.name == maps::ENTRIES {
-            if let Some((k, v)) = m.writes.first() {
-                let contents = serde_json::from_slice::<Value>(v)
-                    .ok()
-                    .and_then(|v| v["contents"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                return Ok(Some((String::from_utf8_lossy(k).into_owned(), contents)));
-            }
+        if m.name == maps::ENTRIES
+            && let Some((k, v)) = m.writes.first()
+        {
+            let contents = serde_json::from_slice::<Value>(v)
+                .ok()
+                .and_then(|v| v["contents"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            return Ok(Some((String::from_utf8_lossy(k).into_owned(), contents)));
         }
     }
     Ok(None)
@@ -322,10 +322,10 @@ async fn get_entry(
     let Some((coll, contents)) = entry_of(&shared, t)? else {
         return Err(not_found(&txid));
     };
-    if let Some(want) = q.get("collectionId") {
-        if *want != coll {
-            return Err(not_found(&txid));
-        }
+    if let Some(want) = q.get("collectionId")
+        && *want != coll
+    {
+        return Err(not_found(&txid));
     }
     Ok(json_response(json!({
         "state": "Ready",

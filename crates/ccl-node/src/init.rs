@@ -180,7 +180,7 @@ pub fn load(dir: &Path) -> Result<(Identity, LedgerSecrets), InitError> {
         .map_err(|_| InitError::Invalid(format!("{} is not a 32-byte key", key_path.display())))?;
     let path = dir.join(SEALED);
     let len = std::fs::metadata(&path).map_err(io(&path))?.len();
-    if len > MAX_SEALED || len < 28 {
+    if !(28..=MAX_SEALED).contains(&len) {
         return Err(InitError::Invalid(format!(
             "{} has an impossible size",
             path.display()
