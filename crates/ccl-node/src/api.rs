@@ -25,6 +25,12 @@ pub const MAX_COLLECTION_ID: usize = 256;
 pub const MAX_BODY: usize = 64 << 10;
 /// The collection of entries written without one.
 pub const DEFAULT_COLLECTION: &str = "subledger:0";
+/// Most collections besides the default one (Azure's limit).
+pub const MAX_COLLECTIONS: usize = 5000;
+/// Entries or collections per page of a list.
+pub const PAGE_SIZE: usize = 1000;
+/// Longest user id accepted.
+pub const MAX_USER_ID: usize = 256;
 /// The constitution a new service starts with.
 pub const DEFAULT_CONSTITUTION: &str = "export function validate(input) { return { valid: true }; }\n\
 export function resolve(proposal, proposerId, votes) { return votes.filter(v => v.vote).length > 0 ? \"Accepted\" : \"Open\"; }\n\
@@ -196,7 +202,13 @@ fn app_prologue(
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/app/transactions", post(write_entry))
+        .route("/app/transactions", post(write_entry).get(list_entries))
+        .route("/app/collections", get(list_collections))
+        .route(
+            "/app/users/{user_id}",
+            get(get_user).patch(patch_user).delete(delete_user),
+        )
+        .route("/app/enclaveQuotes", get(enclave_quotes))
         .route("/app/transactions/current", get(current_entry))
         .route("/app/transactions/{txid}", get(get_entry))
         .route("/app/transactions/{txid}/receipt", get(get_receipt))
@@ -261,10 +273,28 @@ async fn write_entry(
     let value = json!({"contents": contents}).to_string();
     let txid = {
         let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
+        // The engine is locked: this transaction gets the next seqno.
+        let seqno = e.last_seqno() + 1;
         let mut tx = e.store().begin();
+        let bad = |e: ccl_store::TxError| ApiError::bad("InvalidEntry", e.to_string());
         tx.put(maps::ENTRIES, coll.as_bytes(), value.as_bytes())
-            .map_err(|e| ApiError::bad("InvalidEntry", e.to_string()))?;
-        e.commit(tx, None).map_err(ApiError::internal)?
+            .map_err(bad)?;
+        tx.put(maps::ENTRY_INDEX, &index_key(&coll, seqno), b"")
+            .map_err(bad)?;
+        if coll != DEFAULT_COLLECTION && tx.get(maps::COLLECTIONS, coll.as_bytes()).is_none() {
+            let count = tx.snapshot().map(maps::COLLECTIONS).map_or(0, |m| m.len());
+            if count >= MAX_COLLECTIONS {
+                return Err(ApiError::bad(
+                    "CollectionCapacityExceeded",
+                    format!("a ledger has at most {MAX_COLLECTIONS} collections"),
+                ));
+            }
+            tx.put(maps::COLLECTIONS, coll.as_bytes(), b"")
+                .map_err(bad)?;
+        }
+        let txid = e.commit(tx, None).map_err(ApiError::internal)?;
+        assert_eq!(txid.seqno, seqno, "the engine assigns the next seqno");
+        txid
     };
     let mut resp = json_response(json!({"collectionId": coll}));
     resp.headers_mut().insert(
@@ -470,5 +500,253 @@ async fn node_state(State(shared): State<Arc<Shared>>) -> ApiResult {
         "state": "PartOfNetwork",
         "last_signed_seqno": shared.handle.committed_seqno(),
         "uptime_seconds": shared.started.elapsed().as_secs(),
+    })))
+}
+
+fn index_key(collection: &str, seqno: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(collection.len() + 9);
+    k.extend_from_slice(collection.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seqno.to_be_bytes());
+    k
+}
+
+/// Percent-encodes a query value.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn list_entries(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Reader))?;
+    let coll = collection(&q)?;
+    let from = q
+        .get("fromTransactionId")
+        .map(|t| parse_txid(t))
+        .transpose()?
+        .map_or(1, |t| t.seqno);
+    let committed = shared.handle.committed_seqno();
+    let to = q
+        .get("toTransactionId")
+        .map(|t| parse_txid(t))
+        .transpose()?
+        .map_or(committed, |t| t.seqno.min(committed));
+    let mut entries = Vec::new();
+    let mut next = None;
+    if from <= to {
+        let state = shared.handle.store().state();
+        let (lo, hi) = (index_key(&coll, from), index_key(&coll, to));
+        if let Some(m) = state.map(maps::ENTRY_INDEX) {
+            for (k, _) in m.range((
+                std::ops::Bound::Included(&lo[..]),
+                std::ops::Bound::Included(&hi[..]),
+            )) {
+                let seqno = u64::from_be_bytes(
+                    k[k.len() - 8..]
+                        .try_into()
+                        .expect("index keys end with a seqno"),
+                );
+                if entries.len() == PAGE_SIZE {
+                    next = Some(seqno);
+                    break;
+                }
+                let view = shared.handle.view_of(seqno).unwrap_or(0);
+                let t = TxId::new(view, seqno);
+                if let Some((c, contents)) = entry_of(&shared, t)? {
+                    entries.push(json!({"contents": contents, "collectionId": c, "transactionId": t.to_string()}));
+                }
+            }
+        }
+    }
+    let mut out = json!({"state": "Ready", "entries": entries});
+    if let Some(n) = next {
+        let mut link = format!(
+            "/app/transactions?api-version={API_VERSION}&collectionId={}&fromTransactionId={}",
+            query_escape(&coll),
+            TxId::new(shared.handle.view_of(n).unwrap_or(0), n)
+        );
+        if let Some(t) = q.get("toTransactionId") {
+            link.push_str(&format!("&toTransactionId={}", query_escape(t)));
+        }
+        out["nextLink"] = json!(link);
+    }
+    Ok(json_response(out))
+}
+
+async fn list_collections(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Reader))?;
+    let state = shared.handle.store().state();
+    let after = q.get("after").cloned().unwrap_or_default();
+    let mut collections = Vec::new();
+    let mut next = None;
+    if after.is_empty() {
+        collections.push(json!({"collectionId": DEFAULT_COLLECTION}));
+    }
+    if let Some(m) = state.map(maps::COLLECTIONS) {
+        let lower = if after.is_empty() {
+            std::ops::Bound::Unbounded
+        } else {
+            std::ops::Bound::Excluded(after.as_bytes())
+        };
+        for (k, _) in m.range((lower, std::ops::Bound::Unbounded)) {
+            if collections.len() >= PAGE_SIZE {
+                next = collections
+                    .last()
+                    .and_then(|c: &Value| c["collectionId"].as_str().map(str::to_string));
+                break;
+            }
+            collections.push(json!({"collectionId": String::from_utf8_lossy(k)}));
+        }
+    }
+    let mut out = json!({"collections": collections});
+    if let Some(n) = next {
+        out["nextLink"] = json!(format!(
+            "/app/collections?api-version={API_VERSION}&after={}",
+            query_escape(&n)
+        ));
+    }
+    Ok(json_response(out))
+}
+
+fn user_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_USER_ID || id.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad(
+            "InvalidUserId",
+            format!("a user id has 1 to {MAX_USER_ID} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+async fn get_user(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Administrator))?;
+    user_id(&id)?;
+    let state = shared.handle.store().state();
+    let Some(v) = state.get(maps::USERS, id.as_bytes()) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UserNotFound",
+            format!("no user {id}"),
+        ));
+    };
+    let u: Value = serde_json::from_slice(&v.value).map_err(ApiError::internal)?;
+    Ok(json_response(
+        json!({"assignedRole": u["assignedRole"], "userId": id}),
+    ))
+}
+
+async fn patch_user(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Administrator))?;
+    user_id(&id)?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !(ct.starts_with("application/merge-patch+json") || ct.starts_with("application/json")) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedContentType",
+            "the body must be application/merge-patch+json",
+        ));
+    }
+    if body.len() > MAX_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLarge",
+            format!("bodies have at most {MAX_BODY} bytes"),
+        ));
+    }
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("InvalidJson", format!("the body is not JSON: {e}")))?;
+    let role = v["assignedRole"]
+        .as_str()
+        .and_then(Role::parse)
+        .ok_or_else(|| {
+            ApiError::bad(
+                "InvalidRole",
+                "assignedRole must be Administrator, Contributor or Reader",
+            )
+        })?;
+    let role = format!("{role:?}");
+    {
+        let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tx = e.store().begin();
+        let mut user = tx
+            .get(maps::USERS, id.as_bytes())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .unwrap_or_else(|| json!({}));
+        user["assignedRole"] = json!(role);
+        tx.put(maps::USERS, id.as_bytes(), user.to_string().as_bytes())
+            .map_err(|e| ApiError::bad("InvalidUserId", e.to_string()))?;
+        e.commit(tx, None).map_err(ApiError::internal)?;
+    }
+    Ok(json_response(json!({"assignedRole": role, "userId": id})))
+}
+
+async fn delete_user(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Administrator))?;
+    user_id(&id)?;
+    let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
+    let mut tx = e.store().begin();
+    if tx.get(maps::USERS, id.as_bytes()).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UserNotFound",
+            format!("no user {id}"),
+        ));
+    }
+    tx.remove(maps::USERS, id.as_bytes())
+        .map_err(ApiError::internal)?;
+    e.commit(tx, None).map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn enclave_quotes(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Reader))?;
+    // Virtual platform: no hardware evidence; the "quote" names the platform and the node key.
+    let evidence = json!({"platform": "virtual", "node_id": shared.node_id}).to_string();
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD.encode(evidence);
+    Ok(json_response(json!({
+        "currentNodeId": shared.node_id,
+        "enclaveQuotes": {
+            shared.node_id.clone(): {"nodeId": shared.node_id, "mrenclave": "", "quoteVersion": "Virtual", "raw": raw}
+        },
     })))
 }

@@ -25,6 +25,11 @@ pub mod maps {
     /// Ledger entries (private: encrypted in every ledger and snapshot file): key collection id,
     /// value `{"contents"}`; every write is a transaction, the map holds the latest per collection.
     pub const ENTRIES: &str = "ccl.app.entries";
+    /// Which transactions wrote to which collection (private): key collection id, 0x00, seqno
+    /// (u64 big-endian), so that a range scan lists a collection's entries in order.
+    pub const ENTRY_INDEX: &str = "ccl.app.entry_index";
+    /// Collections (private): key collection id, value the transaction id that created it.
+    pub const COLLECTIONS: &str = "ccl.app.collections";
 }
 
 /// Default address `ccl start` listens on.

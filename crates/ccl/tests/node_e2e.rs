@@ -27,7 +27,7 @@ fn start(dir: &Path) -> Node {
         .arg(dir)
         .env("CCL_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -74,19 +74,29 @@ impl Node {
         stdout
     }
 
-    fn stop(mut self, signal: &str) {
+    fn stop(self, signal: &str) {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        let child = &mut this.child;
         let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .args([&format!("-{signal}"), &child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        let exit = self.child.wait().unwrap();
+        let exit = child.wait().unwrap();
         if signal == "TERM" {
             assert!(
                 exit.success(),
                 "ccl start did not stop cleanly on SIGTERM: {exit:?}"
             );
         }
+    }
+}
+
+impl Drop for Node {
+    /// A failing test must not leave its node running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

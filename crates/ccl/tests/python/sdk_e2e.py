@@ -1,8 +1,16 @@
 """End-to-end with the unmodified Azure Confidential Ledger SDK against a running `ccl start`.
 Usage: sdk_e2e.py ENDPOINT SERVICE_CERT USER_PEM. Prints "sdk e2e OK" on success."""
 
+import datetime
 import hashlib
+import os
 import sys
+import tempfile
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from azure.confidentialledger import (
     ConfidentialLedgerCertificateCredential,
@@ -59,7 +67,63 @@ def main():
     except HttpResponseError as e:
         assert e.status_code == 400 and "EntrySizeCapacityExceeded" in str(e), e
     client.create_ledger_entry({"contents": "x" * 8192})
+
+    # Lists: more than 2,500 entries in one collection (pages of 1000), and ranges.
+    txids = []
+    for i in range(2600):
+        r = client.create_ledger_entry({"contents": f"bulk {i}"}, collection_id="bulk")
+        txids.append(r["transactionId"])
+    client.begin_wait_for_commit(txids[-1]).result()
+    listed = list(client.list_ledger_entries(collection_id="bulk"))
+    assert [e["contents"] for e in listed] == [f"bulk {i}" for i in range(2600)], len(listed)
+    assert [e["transactionId"] for e in listed] == txids
+    part = list(client.list_ledger_entries(collection_id="bulk", from_transaction_id=txids[100], to_transaction_id=txids[1300]))
+    assert [e["contents"] for e in part] == [f"bulk {i}" for i in range(100, 1301)], len(part)
+    collections = {c["collectionId"] for c in client.list_collections()}
+    assert collections == {"subledger:0", "orders", "bulk"}, collections
+
+    # Users: a Reader can read, cannot write; deleting a user revokes access.
+    reader_pem, reader_id = new_identity()
+    user = client.create_or_update_user(reader_id, {"assignedRole": "Reader"})
+    assert user == {"assignedRole": "Reader", "userId": reader_id}, user
+    assert client.get_user(reader_id)["assignedRole"] == "Reader"
+    reader = ConfidentialLedgerClient(
+        endpoint, credential=ConfidentialLedgerCertificateCredential(reader_pem), ledger_certificate_path=service_cert
+    )
+    assert reader.get_current_ledger_entry()["contents"] == "x" * 8192
+    try:
+        reader.create_ledger_entry({"contents": "not allowed"})
+        sys.exit("a Reader could write")
+    except HttpResponseError as e:
+        assert e.status_code == 403, e
+    client.delete_user(reader_id)
+    try:
+        reader.get_current_ledger_entry()
+        sys.exit("a deleted user could read")
+    except HttpResponseError as e:
+        assert e.status_code == 401, e
+
+    quotes = client.get_enclave_quotes()
+    assert quotes["currentNodeId"] in quotes["enclaveQuotes"], quotes
     print("sdk e2e OK")
+
+
+def new_identity():
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reader")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA384())
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    fingerprint = ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+    fd, path = tempfile.mkstemp(suffix=".pem")
+    with os.fdopen(fd, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return path, fingerprint
 
 
 if __name__ == "__main__":
