@@ -44,6 +44,19 @@ enum What {
         #[arg(long, default_value_t = 200_000)]
         receipts: u64,
     },
+    /// Committed writes through the API: a node in this process, N clients over TLS each
+    /// writing entries back to back; latency is from sending a write to its commit.
+    Api {
+        /// Concurrent clients (one TLS connection each); several values run one after another.
+        #[arg(long, value_delimiter = ',', default_value = "64,256")]
+        clients: Vec<usize>,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "ccl-bench-api.json")]
+        report: PathBuf,
+    },
     /// `ccl ledger verify` beside single-core SHA-256 and CCF's read_ledger.py.
     Verify {
         /// Size of the ledger to build, in MB.
@@ -76,6 +89,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             keys,
         } => append(&dir, txs, &sizes, sig_every, keys),
         What::Receipts { txs, receipts } => receipts_bench(&dir, txs, receipts),
+        What::Api {
+            clients,
+            seconds,
+            report,
+        } => crate::bench_api::run(&dir, &clients, seconds, &report),
         What::Verify {
             mb,
             python,
@@ -88,7 +106,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     result
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

@@ -1,6 +1,7 @@
 //! `ccl`: run a node, verify ledgers and receipts offline, benchmark.
 
 mod bench;
+mod bench_api;
 mod offline;
 mod start;
 

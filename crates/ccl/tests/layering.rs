@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("ccl-store", 2),
     ("ccl-engine", 3),
     ("ccl-node", 5),
+    ("ccl-client", 5),
     ("ccl", 9),
 ];
 
