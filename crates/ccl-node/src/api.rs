@@ -218,6 +218,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/node/commit", get(node_commit))
         .route("/node/network", get(node_network))
         .route("/node/state", get(node_state))
+        .route("/node/tx", get(node_tx))
+        .route("/node/metrics", get(node_metrics))
+        .route("/node/api", get(node_api))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -748,5 +751,81 @@ async fn enclave_quotes(
         "enclaveQuotes": {
             shared.node_id.clone(): {"nodeId": shared.node_id, "mrenclave": "", "quoteVersion": "Virtual", "raw": raw}
         },
+    })))
+}
+
+/// Every route: method, path, who may call it. `/node/api` serves it as an OpenAPI document.
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    ("post", "/app/transactions", "Contributor"),
+    ("get", "/app/transactions", "Reader"),
+    ("get", "/app/transactions/current", "Reader"),
+    ("get", "/app/transactions/{txid}", "Reader"),
+    ("get", "/app/transactions/{txid}/receipt", "Reader"),
+    ("get", "/app/transactions/{txid}/status", "Reader"),
+    ("get", "/app/collections", "Reader"),
+    ("get", "/app/users/{user_id}", "Administrator"),
+    ("patch", "/app/users/{user_id}", "Administrator"),
+    ("delete", "/app/users/{user_id}", "Administrator"),
+    ("get", "/app/enclaveQuotes", "Reader"),
+    ("get", "/app/governance/constitution", "Reader"),
+    ("get", "/app/governance/members", "Reader"),
+    ("get", "/node/commit", "Anyone"),
+    ("get", "/node/network", "Anyone"),
+    ("get", "/node/state", "Anyone"),
+    ("get", "/node/tx", "Anyone"),
+    ("get", "/node/metrics", "Anyone"),
+    ("get", "/node/api", "Anyone"),
+];
+
+async fn node_tx(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let t = q.get("transaction_id").ok_or_else(|| {
+        ApiError::bad(
+            "MissingTransactionId",
+            "the transaction_id query parameter is required",
+        )
+    })?;
+    let txid = parse_txid(t)?;
+    let status = match shared.handle.tx_status(txid) {
+        TxStatus::Unknown => "Unknown",
+        TxStatus::Pending => "Pending",
+        TxStatus::Committed => "Committed",
+        TxStatus::Invalid => "Invalid",
+    };
+    Ok(json_response(
+        json!({"status": status, "transaction_id": txid.to_string()}),
+    ))
+}
+
+async fn node_metrics(State(shared): State<Arc<Shared>>) -> ApiResult {
+    let h = &shared.handle;
+    let body = format!(
+        "# HELP ccl_last_seqno Seqno of the last transaction in the ledger.\n# TYPE ccl_last_seqno gauge\nccl_last_seqno {}\n\
+         # HELP ccl_committed_seqno Seqno of the last committed transaction.\n# TYPE ccl_committed_seqno gauge\nccl_committed_seqno {}\n\
+         # HELP ccl_current_view Current view (term).\n# TYPE ccl_current_view gauge\nccl_current_view {}\n\
+         # HELP ccl_uptime_seconds Seconds since the node started.\n# TYPE ccl_uptime_seconds counter\nccl_uptime_seconds {}\n",
+        h.last_seqno(),
+        h.committed_seqno(),
+        h.current_view(),
+        shared.started.elapsed().as_secs()
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+async fn node_api() -> ApiResult {
+    let mut paths = serde_json::Map::new();
+    for (method, path, policy) in ROUTES {
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = json!({
+            "x-ccl-authorization": policy,
+            "responses": {"200": {"description": "success"}, "default": {"description": "{\"error\":{\"code\",\"message\"}}"}},
+        });
+    }
+    Ok(json_response(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "ccl", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
     })))
 }

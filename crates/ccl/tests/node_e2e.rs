@@ -111,6 +111,10 @@ fn azure_sdk_works_against_ccl_start_and_bad_input_is_refused() {
         node.python("bad_input.py", &[tmp.to_str().unwrap()])
             .contains("bad input OK")
     );
+    assert!(
+        node.python("auth_matrix.py", &[tmp.to_str().unwrap()])
+            .contains("auth matrix OK")
+    );
     node.stop("TERM");
 }
 

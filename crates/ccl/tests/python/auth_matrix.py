@@ -1,0 +1,83 @@
+"""The whole matrix of callers x endpoints, from the node's own route table (/node/api): callers
+without a certificate or with an unknown one get 401 on every user endpoint, users below the
+required role get 403, everyone else gets through. Usage: auth_matrix.py ENDPOINT SERVICE_CERT USER_PEM TMPDIR."""
+
+import datetime
+import hashlib
+import json
+import os
+import sys
+
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+API = "api-version=2022-05-13"
+RANK = {"Reader": 1, "Contributor": 2, "Administrator": 3}
+
+
+def identity(tmp, name):
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
+    )
+    path = os.path.join(tmp, f"{name}.pem")
+    with open(path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return path, ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def main():
+    endpoint, service_cert, admin_pem, tmp = sys.argv[1:5]
+
+    def call(method, path, cert, body=None, ct=None):
+        headers = {"content-type": ct} if ct else {}
+        return requests.request(method.upper(), endpoint + path, cert=cert, verify=service_cert, data=body, headers=headers, timeout=10)
+
+    def set_role(uid, role):
+        r = call("patch", f"/app/users/{uid}?{API}", admin_pem, json.dumps({"assignedRole": role}), "application/merge-patch+json")
+        assert r.status_code == 200, r.text
+
+    callers = {"no certificate": (None, 0, 401), "unknown certificate": (identity(tmp, "stranger")[0], 0, 401)}
+    for role in ["Reader", "Contributor"]:
+        pem, uid = identity(tmp, role.lower())
+        set_role(uid, role)
+        callers[role] = (pem, RANK[role], 403)
+    callers["Administrator"] = (admin_pem, RANK["Administrator"], None)
+    target = "matrix-target"
+
+    routes = call("get", "/node/api", None).json()["paths"]
+    checked = 0
+    for path, methods in routes.items():
+        for method, spec in methods.items():
+            policy = spec["x-ccl-authorization"]
+            for name, (pem, rank, denial) in callers.items():
+                set_role(target, "Reader")
+                p = path.replace("{txid}", "1.1").replace("{user_id}", target)
+                q = f"{p}{'&' if '?' in p else '?'}{API}" if p.startswith("/app") else p
+                body, ct = None, None
+                if method == "post":
+                    body, ct = json.dumps({"contents": "matrix"}), "application/json"
+                if method == "patch":
+                    body, ct = json.dumps({"assignedRole": "Reader"}), "application/merge-patch+json"
+                r = call(method, q, pem, body, ct)
+                allowed = policy == "Anyone" or rank >= RANK[policy]
+                if allowed:
+                    assert r.status_code not in (401, 403), f"{name} {method} {path}: {r.status_code} {r.text}"
+                else:
+                    assert r.status_code == denial, f"{name} {method} {path}: {r.status_code} {r.text}"
+                    assert r.json()["error"]["code"] in ("Unauthorized", "Forbidden"), r.text
+                checked += 1
+    print(f"auth matrix OK ({checked} calls)")
+
+
+if __name__ == "__main__":
+    main()
