@@ -4,6 +4,7 @@ mod bench;
 mod bench_api;
 mod offline;
 mod start;
+mod user;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -21,6 +22,34 @@ enum Command {
     /// Start a node: a single-node service on embedded defaults in ./ccl-data (identities
     /// generated on first start), recovered from disk on later starts.
     Start(start::StartArgs),
+    /// Write a ledger entry.
+    Put {
+        contents: String,
+        #[arg(long)]
+        collection: Option<String>,
+        /// Wait until the entry is committed.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        conn: user::Conn,
+    },
+    /// Read the entry a transaction wrote.
+    Get {
+        transaction_id: String,
+        #[command(flatten)]
+        conn: user::Conn,
+    },
+    /// List the entries of a collection (committed ones), oldest first.
+    List {
+        #[arg(long)]
+        collection: Option<String>,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        conn: user::Conn,
+    },
     /// Offline operations on ledger directories.
     Ledger {
         #[command(subcommand)]
@@ -54,6 +83,14 @@ enum LedgerCommand {
 
 #[derive(Subcommand)]
 enum ReceiptCommand {
+    /// Fetch a transaction's receipt from a node (and verify it with --verify).
+    Get {
+        transaction_id: String,
+        #[arg(long)]
+        verify: bool,
+        #[command(flatten)]
+        conn: user::Conn,
+    },
     /// Verify a receipt (Azure Confidential Ledger or CCF shape) against a service certificate.
     Verify {
         /// The receipt, JSON.
@@ -89,6 +126,30 @@ fn main() -> ExitCode {
         } => offline::receipt_verify(&receipt, &service_cert, claims.as_deref()),
         Command::Bench(args) => bench::run(args),
         Command::Start(args) => start::run(args),
+        Command::Put {
+            contents,
+            collection,
+            wait,
+            conn,
+        } => user::put(&conn, &contents, collection.as_deref(), wait),
+        Command::Get {
+            transaction_id,
+            conn,
+        } => user::get(&conn, &transaction_id),
+        Command::List {
+            collection,
+            from,
+            to,
+            conn,
+        } => user::list(&conn, collection.as_deref(), from.as_deref(), to.as_deref()),
+        Command::Receipt {
+            command:
+                ReceiptCommand::Get {
+                    transaction_id,
+                    verify,
+                    conn,
+                },
+        } => user::receipt_get(&conn, &transaction_id, verify),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

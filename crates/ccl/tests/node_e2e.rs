@@ -74,6 +74,45 @@ impl Node {
         stdout
     }
 
+    /// The CLI's user commands against this node.
+    fn cli_round_trip(&self) {
+        let run = |args: &[&str]| {
+            let out = ccl()
+                .args(args)
+                .arg("--endpoint")
+                .arg(&self.endpoint)
+                .arg("--service-cert")
+                .arg(self.dir.join("service_cert.pem"))
+                .arg("--identity")
+                .arg(self.dir.join("user0.pem"))
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        };
+        let (ok, out, err) = run(&["put", "from the CLI", "--collection", "cli", "--wait"]);
+        assert!(ok, "{err}");
+        let txid = out.split_whitespace().next().unwrap().to_string();
+        assert!(out.contains("committed"), "{out}");
+        let (ok, out, err) = run(&["get", &txid]);
+        assert!(ok && out.trim() == "from the CLI", "{out}{err}");
+        let (ok, out, err) = run(&["list", "--collection", "cli"]);
+        assert!(
+            ok && out.trim() == format!("{txid}\tfrom the CLI"),
+            "{out}{err}"
+        );
+        let (ok, out, err) = run(&["receipt", "get", &txid, "--verify"]);
+        assert!(
+            ok && err.contains("receipt OK") && out.contains("leafComponents"),
+            "{out}{err}"
+        );
+        let (ok, _, err) = run(&["get", "banana"]);
+        assert!(!ok && err.contains("InvalidTransactionId"), "{err}");
+    }
+
     fn stop(self, signal: &str) {
         let mut this = std::mem::ManuallyDrop::new(self);
         let child = &mut this.child;
@@ -115,6 +154,7 @@ fn azure_sdk_works_against_ccl_start_and_bad_input_is_refused() {
         node.python("auth_matrix.py", &[tmp.to_str().unwrap()])
             .contains("auth matrix OK")
     );
+    node.cli_round_trip();
     node.stop("TERM");
 }
 
