@@ -50,9 +50,15 @@ pub fn run(dir: &Path, clients: &[usize], seconds: u64, report: &Path) -> Result
                 "committed_writes_per_sec": r.per_sec, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "p999_ms": r.p999_ms,
             }));
         }
+        let rss_mb = resident_mb();
+        let entries = shared.handle.last_seqno();
+        println!("resident memory after {entries} transactions: {rss_mb:.0} MB (node and clients, one process)");
         let _ = stop_tx.send(());
         server.await??;
-        let doc = serde_json::json!({"benchmark": "api", "machine": crate::bench::machine(), "runs": runs});
+        let doc = serde_json::json!({
+            "benchmark": "api", "machine": crate::bench::machine(), "runs": runs,
+            "transactions": entries, "resident_mb": rss_mb,
+        });
         std::fs::write(report, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("cannot write {}", report.display()))?;
         println!("report: {}", report.display());
         Ok(())
@@ -152,4 +158,16 @@ async fn one_run(
         p99_ms: pct(0.99),
         p999_ms: pct(0.999),
     })
+}
+
+/// Resident memory of this process, in MB (Linux).
+fn resident_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }

@@ -9,26 +9,99 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct StartArgs {
+    /// A TOML file with any of the options below (same names, with underscores); options given
+    /// on the command line win.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Where the node keeps its ledger, snapshots, identities and sealed secrets. Created with
     /// a new service (identities generated) when it holds none; recovered when it does.
-    #[arg(long, default_value = "ccl-data")]
-    data_dir: PathBuf,
-    /// Address to listen on (HTTPS).
-    #[arg(long, default_value = ccl_node::DEFAULT_LISTEN)]
-    listen: SocketAddr,
+    /// [default: ccl-data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (HTTPS). [default: 127.0.0.1:8443]
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Extra DNS names or IP addresses for the node certificate (localhost and 127.0.0.1 are
     /// always in it). Repeatable.
     #[arg(long = "name")]
     names: Vec<String>,
-    /// A signature transaction at least every this many transactions.
-    #[arg(long, default_value_t = ccl_engine::DEFAULT_SIGNATURE_INTERVAL_TXS)]
-    signature_interval_txs: u64,
+    /// A signature transaction at least every this many transactions. [default: 5000]
+    #[arg(long)]
+    signature_interval_txs: Option<u64>,
     /// ...and at least this often (milliseconds) while there are unsigned transactions.
-    #[arg(long, default_value_t = ccl_engine::DEFAULT_SIGNATURE_INTERVAL.as_millis() as u64)]
-    signature_interval_ms: u64,
-    /// A snapshot after this many transactions (0: never).
-    #[arg(long, default_value_t = ccl_engine::DEFAULT_SNAPSHOT_INTERVAL_TXS)]
-    snapshot_interval_txs: u64,
+    /// [default: 100]
+    #[arg(long)]
+    signature_interval_ms: Option<u64>,
+    /// A snapshot after this many transactions (0: never). [default: 100000]
+    #[arg(long)]
+    snapshot_interval_txs: Option<u64>,
+}
+
+/// The `--config` file.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    names: Vec<String>,
+    signature_interval_txs: Option<u64>,
+    signature_interval_ms: Option<u64>,
+    snapshot_interval_txs: Option<u64>,
+}
+
+/// Largest configuration file read.
+const MAX_CONFIG_FILE: u64 = 1 << 20;
+
+fn load_config(path: &std::path::Path) -> Result<ConfigFile> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if len > MAX_CONFIG_FILE {
+        anyhow::bail!("{} is larger than {MAX_CONFIG_FILE} bytes", path.display());
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid configuration {}", path.display()))
+}
+
+/// The node configuration from the command line over the file over the defaults.
+fn node_config(args: StartArgs) -> Result<NodeConfig> {
+    let file = match &args.config {
+        Some(p) => load_config(p)?,
+        None => ConfigFile::default(),
+    };
+    let default_listen: SocketAddr = ccl_node::DEFAULT_LISTEN
+        .parse()
+        .expect("a valid default address");
+    let mut names = file.names;
+    names.extend(args.names);
+    Ok(NodeConfig {
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("ccl-data")),
+        listen: args.listen.or(file.listen).unwrap_or(default_listen),
+        names,
+        engine: EngineConfig {
+            signature_interval_txs: args
+                .signature_interval_txs
+                .or(file.signature_interval_txs)
+                .unwrap_or(ccl_engine::DEFAULT_SIGNATURE_INTERVAL_TXS)
+                .max(1),
+            signature_interval: Duration::from_millis(
+                args.signature_interval_ms
+                    .or(file.signature_interval_ms)
+                    .unwrap_or(ccl_engine::DEFAULT_SIGNATURE_INTERVAL.as_millis() as u64)
+                    .max(1),
+            ),
+            snapshot_interval_txs: args
+                .snapshot_interval_txs
+                .or(file.snapshot_interval_txs)
+                .unwrap_or(ccl_engine::DEFAULT_SNAPSHOT_INTERVAL_TXS),
+            ..EngineConfig::default()
+        },
+    })
 }
 
 pub fn run(args: StartArgs) -> Result<()> {
@@ -39,17 +112,7 @@ pub fn run(args: StartArgs) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cfg = NodeConfig {
-        data_dir: args.data_dir.clone(),
-        listen: args.listen,
-        names: args.names,
-        engine: EngineConfig {
-            signature_interval_txs: args.signature_interval_txs.max(1),
-            signature_interval: Duration::from_millis(args.signature_interval_ms.max(1)),
-            snapshot_interval_txs: args.snapshot_interval_txs,
-            ..EngineConfig::default()
-        },
-    };
+    let cfg = node_config(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -216,3 +216,53 @@ fn restarts_keep_everything_committed_and_the_ledger_validates() {
         );
     }
 }
+
+#[test]
+fn config_file_sets_options_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("from-config");
+    let cfg = dir.path().join("ccl.toml");
+    std::fs::write(
+        &cfg,
+        format!("data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nnames = [\"ledger.example\"]\nsignature_interval_ms = 20\n", data),
+    )
+    .unwrap();
+    let mut child = ccl()
+        .arg("start")
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap().starts_with("listening on https://localhost:")));
+    let _ = child.kill();
+    let _ = child.wait();
+    let node_cert = std::fs::read_to_string(data.join("node_cert.pem")).unwrap();
+    let cert = ccl_crypto::cert::Certificate::from_pem(&node_cert).unwrap();
+    assert!(
+        cert.der().windows(14).any(|w| w == b"ledger.example"),
+        "the configured name is in the node certificate"
+    );
+
+    for bad in [
+        "bogus = 1\n",
+        "listen = \"not an address\"\n",
+        "signature_interval_ms = -5\n",
+        "[[[\n",
+    ] {
+        std::fs::write(&cfg, bad).unwrap();
+        let out = ccl()
+            .arg("start")
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("invalid configuration"),
+            "{bad}"
+        );
+    }
+}
