@@ -65,6 +65,17 @@ def main():
             body = r.json()
             assert body["error"]["code"] == code, f"{name}: {body}"
             assert body["error"]["message"], name
+    # Both TLS 1.2 and TLS 1.3 are served.
+    import http.client, ssl, urllib.parse
+    u = urllib.parse.urlparse(endpoint)
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = ssl.create_default_context(cafile=service_cert)
+        ctx.minimum_version = ctx.maximum_version = version
+        conn = http.client.HTTPSConnection(u.hostname, u.port, context=ctx, timeout=10)
+        conn.request("GET", "/node/commit")
+        r = conn.getresponse()
+        assert r.status == 200 and conn.sock.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version], (version, r.status)
+        conn.close()
     commit_after = call("GET", "/node/commit").json()["transaction_id"]
     assert commit_before == commit_after, (commit_before, commit_after)
     print(f"bad input OK ({len(cases)} cases)")
