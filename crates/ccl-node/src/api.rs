@@ -273,7 +273,18 @@ async fn write_entry(
         ));
     }
     let coll = collection(&q)?;
-    let value = json!({"contents": contents}).to_string();
+    // Azure Confidential Ledger binds each entry to its receipt with a LedgerEntryV1 claim
+    // under a fresh key; the key stays with the entry (private) and comes back with the receipt.
+    let claims_key = ccl_crypto::random_array::<32>().map_err(ApiError::internal)?;
+    let claim = ccl_receipt::ApplicationClaim::ledger_entry(&coll, contents, &claims_key);
+    let claims_digest = ccl_receipt::compute_claims_digest(std::slice::from_ref(&claim))
+        .map_err(ApiError::internal)?;
+    use base64::Engine as _;
+    let value = json!({
+        "contents": contents,
+        "claimsKey": base64::engine::general_purpose::STANDARD.encode(claims_key),
+    })
+    .to_string();
     let txid = {
         let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
         // The engine is locked: this transaction gets the next seqno.
@@ -295,7 +306,9 @@ async fn write_entry(
             tx.put(maps::COLLECTIONS, coll.as_bytes(), b"")
                 .map_err(bad)?;
         }
-        let txid = e.commit(tx, None).map_err(ApiError::internal)?;
+        let txid = e
+            .commit(tx, Some(claims_digest))
+            .map_err(ApiError::internal)?;
         assert_eq!(txid.seqno, seqno, "the engine assigns the next seqno");
         txid
     };
@@ -308,7 +321,15 @@ async fn write_entry(
 }
 
 /// The entry a transaction wrote, if it wrote one.
-fn entry_of(shared: &Shared, txid: TxId) -> Result<Option<(String, String)>, ApiError> {
+/// A ledger entry as a transaction wrote it.
+struct Entry {
+    collection: String,
+    contents: String,
+    /// The application claims bound to the transaction, in the SDK's JSON shape.
+    claims: Option<Value>,
+}
+
+fn entry_of(shared: &Shared, txid: TxId) -> Result<Option<Entry>, ApiError> {
     let tx = match shared.handle.read_transaction(txid.seqno) {
         Ok(t) => t,
         Err(ccl_engine::EngineError::NotFound(_)) => return Ok(None),
@@ -321,11 +342,21 @@ fn entry_of(shared: &Shared, txid: TxId) -> Result<Option<(String, String)>, Api
         if m.name == maps::ENTRIES
             && let Some((k, v)) = m.writes.first()
         {
-            let contents = serde_json::from_slice::<Value>(v)
-                .ok()
-                .and_then(|v| v["contents"].as_str().map(str::to_string))
-                .unwrap_or_default();
-            return Ok(Some((String::from_utf8_lossy(k).into_owned(), contents)));
+            let value = serde_json::from_slice::<Value>(v).unwrap_or(Value::Null);
+            let collection = String::from_utf8_lossy(k).into_owned();
+            let contents = value["contents"].as_str().unwrap_or_default().to_string();
+            let claims = value["claimsKey"].as_str().and_then(|key| {
+                use base64::Engine as _;
+                let key = base64::engine::general_purpose::STANDARD.decode(key).ok()?;
+                let claim =
+                    ccl_receipt::ApplicationClaim::ledger_entry(&collection, &contents, &key);
+                Some(Value::Array(vec![claim.to_json()]))
+            });
+            return Ok(Some(Entry {
+                collection,
+                contents,
+                claims,
+            }));
         }
     }
     Ok(None)
@@ -352,7 +383,12 @@ async fn get_entry(
         TxStatus::Pending => return Ok(json_response(json!({"state": "Loading"}))),
         _ => return Err(not_found(&txid)),
     }
-    let Some((coll, contents)) = entry_of(&shared, t)? else {
+    let Some(Entry {
+        collection: coll,
+        contents,
+        ..
+    }) = entry_of(&shared, t)?
+    else {
         return Err(not_found(&txid));
     };
     if let Some(want) = q.get("collectionId")
@@ -387,6 +423,13 @@ async fn get_receipt(
         Ok(r) => {
             let mut out = String::with_capacity(2048);
             r.to_receipt().write_azure_json(&mut out);
+            if let Some(claims) = entry_of(&shared, t)?.and_then(|e| e.claims) {
+                // {"receipt":…,"state":…,"transactionId":…} + "applicationClaims"
+                out.pop();
+                out.push_str(",\"applicationClaims\":");
+                out.push_str(&claims.to_string());
+                out.push('}');
+            }
             Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
         }
         // Committed, but the signature that proves it is not committed yet.
@@ -566,7 +609,12 @@ async fn list_entries(
                 }
                 let view = shared.handle.view_of(seqno).unwrap_or(0);
                 let t = TxId::new(view, seqno);
-                if let Some((c, contents)) = entry_of(&shared, t)? {
+                if let Some(Entry {
+                    collection: c,
+                    contents,
+                    ..
+                }) = entry_of(&shared, t)?
+                {
                     entries.push(json!({"contents": contents, "collectionId": c, "transactionId": t.to_string()}));
                 }
             }

@@ -159,8 +159,15 @@ pub fn receipt_get(conn: &Conn, txid: &str, verify: bool) -> Result<()> {
             let cert = std::fs::read_to_string(&conn.service_cert)?;
             let r = ccl_receipt::Receipt::from_json(&v)
                 .map_err(|e| anyhow::anyhow!("invalid receipt: {e}"))?;
-            r.verify(&cert)
-                .map_err(|e| anyhow::anyhow!("receipt verification failed: {e}"))?;
+            match v.get("applicationClaims") {
+                Some(c) => {
+                    let claims = ccl_receipt::ApplicationClaims::from_json(c)
+                        .map_err(|e| anyhow::anyhow!("invalid application claims: {e}"))?;
+                    r.verify_with_claims(&cert, &claims)
+                }
+                None => r.verify(&cert),
+            }
+            .map_err(|e| anyhow::anyhow!("receipt verification failed: {e}"))?;
             eprintln!("receipt OK: transaction {txid} is in the ledger of this service");
         }
         println!("{}", serde_json::to_string_pretty(&v)?);

@@ -46,6 +46,16 @@ def main():
     receipt = client.begin_get_receipt(txid).result()
     assert receipt["transactionId"] == txid, receipt
     verify_receipt(receipt["receipt"], service_pem)
+    # The entry is bound to the receipt by its application claims, as in Azure.
+    claims = receipt["applicationClaims"]
+    assert claims[0]["ledgerEntry"]["contents"] == "first entry", claims
+    verify_receipt(receipt["receipt"], service_pem, application_claims=claims)
+    forged = [dict(claims[0], ledgerEntry=dict(claims[0]["ledgerEntry"], contents="forged"))]
+    try:
+        verify_receipt(receipt["receipt"], service_pem, application_claims=forged)
+        sys.exit("forged claims verified")
+    except ValueError:
+        pass
 
     # A second collection; current entries per collection.
     r2 = client.begin_create_ledger_entry({"contents": "in another collection"}, collection_id="orders").result()
