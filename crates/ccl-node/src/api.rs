@@ -146,6 +146,30 @@ fn authorize(shared: &Shared, caller: &Caller, policy: Policy) -> Result<(), Api
     }
 }
 
+/// A request body: one of the `accepted` content types, at most [`MAX_BODY`] bytes, JSON.
+fn json_body(headers: &HeaderMap, body: &[u8], accepted: &[&str]) -> Result<Value, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !accepted.iter().any(|a| ct.starts_with(a)) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedContentType",
+            format!("the body must be {}", accepted[0]),
+        ));
+    }
+    if body.len() > MAX_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLarge",
+            format!("bodies have at most {MAX_BODY} bytes"),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad("InvalidJson", format!("the body is not JSON: {e}")))
+}
+
 fn api_version(q: &HashMap<String, String>) -> Result<(), ApiError> {
     match q.get("api-version").map(String::as_str) {
         Some(API_VERSION) => Ok(()),
@@ -239,26 +263,7 @@ async fn write_entry(
     body: Bytes,
 ) -> ApiResult {
     app_prologue(&shared, &caller, &q, Policy::User(Role::Contributor))?;
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/json") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedContentType",
-            "the body must be application/json",
-        ));
-    }
-    if body.len() > MAX_BODY {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestTooLarge",
-            format!("bodies have at most {MAX_BODY} bytes"),
-        ));
-    }
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad("InvalidJson", format!("the body is not JSON: {e}")))?;
+    let v = json_body(&headers, &body, &["application/json"])?;
     let contents = v
         .get("contents")
         .and_then(Value::as_str)
@@ -716,26 +721,11 @@ async fn patch_user(
 ) -> ApiResult {
     app_prologue(&shared, &caller, &q, Policy::User(Role::Administrator))?;
     user_id(&id)?;
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !(ct.starts_with("application/merge-patch+json") || ct.starts_with("application/json")) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedContentType",
-            "the body must be application/merge-patch+json",
-        ));
-    }
-    if body.len() > MAX_BODY {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestTooLarge",
-            format!("bodies have at most {MAX_BODY} bytes"),
-        ));
-    }
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad("InvalidJson", format!("the body is not JSON: {e}")))?;
+    let v = json_body(
+        &headers,
+        &body,
+        &["application/merge-patch+json", "application/json"],
+    )?;
     let role = v["assignedRole"]
         .as_str()
         .and_then(Role::parse)
