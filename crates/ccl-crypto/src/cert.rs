@@ -154,6 +154,20 @@ pub struct CertSpec {
     pub kind: CertKind,
 }
 
+impl CertSpec {
+    /// A client certificate (a user's or member's identity) named `common_name`, valid from now
+    /// for a year.
+    pub fn client(common_name: &str) -> Self {
+        CertSpec {
+            common_name: common_name.to_string(),
+            subject_alt_names: Vec::new(),
+            not_before: now_unix() - 60,
+            validity_days: 365,
+            kind: CertKind::Client,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CertKind {
     /// A certificate authority (the service identity).

@@ -2,11 +2,10 @@
 
 use crate::keys::{SigningKey, VerifyingKey};
 use crate::{CryptoError, Result};
-use coset::{
-    CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, Label, TaggedCborSerializable,
-};
+use coset::{CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
 
 pub use ciborium::Value;
+pub use coset::Label;
 
 /// Signs `payload` into a tagged COSE Sign1. `kid` goes in the protected header with the
 /// algorithm of the key's curve; `extra` adds further protected header parameters. With

@@ -265,8 +265,10 @@ impl WriteSet {
     }
 }
 
-/// A transaction: reads from a snapshot, buffered writes.
-#[derive(Debug)]
+/// A transaction: reads from a snapshot, buffered writes. The default is an empty transaction
+/// over an empty state (a placeholder while a transaction is lent out). A clone is a savepoint:
+/// carry on with either.
+#[derive(Clone, Debug, Default)]
 pub struct Tx {
     base: State,
     reads: HashMap<(Arc<str>, Bytes), Option<u64>>,
