@@ -338,6 +338,12 @@ impl Engine {
         }
     }
 
+    /// The Merkle root over every transaction so far (CCF's state digest).
+    pub fn root(&self) -> ccl_crypto::Digest32 {
+        let tree = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner());
+        tree.root().expect("leaf 0 is always present")
+    }
+
     /// Writes a signature transaction over the root of every transaction before it.
     pub fn emit_signature(&mut self) -> Result<TxId, EngineError> {
         self.signature(false)

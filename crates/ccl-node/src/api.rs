@@ -31,15 +31,11 @@ pub const MAX_COLLECTIONS: usize = 5000;
 pub const PAGE_SIZE: usize = 1000;
 /// Longest user id accepted.
 pub const MAX_USER_ID: usize = 256;
-/// The constitution a new service starts with.
-pub const DEFAULT_CONSTITUTION: &str = "export function validate(input) { return { valid: true }; }\n\
-export function resolve(proposal, proposerId, votes) { return votes.filter(v => v.vote).length > 0 ? \"Accepted\" : \"Open\"; }\n\
-export function apply(proposal, proposalId) {}\n";
 
-/// Who is calling: the fingerprint of the TLS client certificate, if any.
+/// Who is calling: the id of the TLS client certificate (hex SHA-256 of its DER), if any.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    pub user_id: Option<String>,
+    pub cert_id: Option<String>,
 }
 
 /// Roles of Azure Confidential Ledger users.
@@ -51,7 +47,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn parse(s: &str) -> Option<Role> {
+    pub fn parse(s: &str) -> Option<Role> {
         match s {
             "Reader" => Some(Role::Reader),
             "Contributor" => Some(Role::Contributor),
@@ -78,17 +74,17 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
             message: message.into(),
         }
     }
-    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -108,9 +104,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub type ApiResult = Result<Response, ApiError>;
 
-fn json_response(v: Value) -> Response {
+pub fn json_response(v: Value) -> Response {
     axum::Json(v).into_response()
 }
 
@@ -119,19 +115,14 @@ fn authorize(shared: &Shared, caller: &Caller, policy: Policy) -> Result<(), Api
     let Policy::User(min) = policy else {
         return Ok(());
     };
-    let Some(id) = &caller.user_id else {
+    let Some(id) = &caller.cert_id else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "a client certificate is required",
         ));
     };
-    let state = shared.handle.store().state();
-    let role = state
-        .get(maps::USERS, id.as_bytes())
-        .and_then(|v| serde_json::from_slice::<Value>(&v.value).ok())
-        .and_then(|u| u["assignedRole"].as_str().and_then(Role::parse));
-    match role {
+    match role_of(&shared.handle.store().state(), id) {
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -143,6 +134,26 @@ fn authorize(shared: &Shared, caller: &Caller, policy: Policy) -> Result<(), Api
             format!("this requires the {min:?} role; the caller is a {r:?}"),
         )),
         Some(_) => Ok(()),
+    }
+}
+
+/// A user's role: `user_data.assignedRole` in the users map; a user with a certificate or user
+/// data but no (valid) role is a Reader. Not a user: `None`.
+pub fn role_of(state: &ccl_store::State, key: &str) -> Option<Role> {
+    match state.get(maps::USER_INFO, key.as_bytes()) {
+        Some(v) => Some(
+            serde_json::from_slice::<Value>(&v.value)
+                .ok()
+                .and_then(|u| {
+                    u["user_data"]["assignedRole"]
+                        .as_str()
+                        .and_then(Role::parse)
+                })
+                .unwrap_or(Role::Reader),
+        ),
+        None => state
+            .get(maps::USER_CERTS, key.as_bytes())
+            .map(|_| Role::Reader),
     }
 }
 
@@ -221,7 +232,15 @@ fn app_prologue(
     policy: Policy,
 ) -> Result<(), ApiError> {
     authorize(shared, caller, policy)?;
-    api_version(q)
+    api_version(q)?;
+    if !shared.is_open() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceNotOpen",
+            "the service is not open yet: its members must vote transition_service_to_open",
+        ));
+    }
+    Ok(())
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -239,6 +258,33 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/app/transactions/{txid}/status", get(get_status))
         .route("/app/governance/constitution", get(constitution))
         .route("/app/governance/members", get(members))
+        .route(
+            "/gov/members/proposals:create",
+            post(crate::gov::create_proposal),
+        )
+        .route("/gov/members/proposals", get(crate::gov::list_proposals))
+        .route(
+            "/gov/members/proposals/{rest}",
+            get(crate::gov::proposal).post(crate::gov::proposal),
+        )
+        .route(
+            "/gov/members/proposals/{id}/actions",
+            get(crate::gov::proposal_actions),
+        )
+        .route(
+            "/gov/members/proposals/{id}/ballots/{rest}",
+            get(crate::gov::ballot).post(crate::gov::ballot),
+        )
+        .route(
+            "/gov/members/state-digests/{rest}",
+            get(crate::gov::state_digest).post(crate::gov::state_digest),
+        )
+        .route("/gov/service/info", get(crate::gov::service_info))
+        .route("/gov/service/members", get(crate::gov::members))
+        .route("/gov/service/members/{id}", get(crate::gov::member))
+        .route("/gov/service/users", get(crate::gov::users))
+        .route("/gov/service/nodes", get(crate::gov::nodes))
+        .route("/gov/service/constitution", get(crate::gov::constitution))
         .route("/node/commit", get(node_commit))
         .route("/node/network", get(node_network))
         .route("/node/state", get(node_state))
@@ -501,12 +547,9 @@ async fn constitution(
     axum::Extension(caller): axum::Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    app_prologue(&shared, &caller, &q, Policy::User(Role::Reader))?;
-    let state = shared.handle.store().state();
-    let script = state
-        .get(maps::CONSTITUTION, &ccl_ledger::tables::SINGLETON_KEY)
-        .map(|v| String::from_utf8_lossy(&v.value).into_owned())
-        .unwrap_or_default();
+    authorize(&shared, &caller, Policy::User(Role::Reader))?;
+    api_version(&q)?;
+    let script = shared.constitution();
     Ok(json_response(
         json!({"digest": hex::encode(ccl_crypto::sha256(script.as_bytes())), "script": script}),
     ))
@@ -517,7 +560,8 @@ async fn members(
     axum::Extension(caller): axum::Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    app_prologue(&shared, &caller, &q, Policy::User(Role::Reader))?;
+    authorize(&shared, &caller, Policy::User(Role::Reader))?;
+    api_version(&q)?;
     let state = shared.handle.store().state();
     let members: Vec<Value> = state
         .map(maps::MEMBERS)
@@ -539,7 +583,7 @@ async fn node_commit(State(shared): State<Arc<Shared>>) -> ApiResult {
 async fn node_network(State(shared): State<Arc<Shared>>) -> ApiResult {
     Ok(json_response(json!({
         "service_certificate": shared.service_cert_pem,
-        "service_status": "Open",
+        "service_status": shared.service_info().map(|i| i.status).map_err(ApiError::internal)?,
         "current_view": shared.handle.current_view(),
         "primary_id": shared.node_id,
     })))
@@ -698,16 +742,15 @@ async fn get_user(
     app_prologue(&shared, &caller, &q, Policy::User(Role::Administrator))?;
     user_id(&id)?;
     let state = shared.handle.store().state();
-    let Some(v) = state.get(maps::USERS, id.as_bytes()) else {
+    let Some(role) = role_of(&state, &ccl_gov::user_key(&id)) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "UserNotFound",
             format!("no user {id}"),
         ));
     };
-    let u: Value = serde_json::from_slice(&v.value).map_err(ApiError::internal)?;
     Ok(json_response(
-        json!({"assignedRole": u["assignedRole"], "userId": id}),
+        json!({"assignedRole": format!("{role:?}"), "userId": id}),
     ))
 }
 
@@ -739,12 +782,17 @@ async fn patch_user(
     {
         let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
         let mut tx = e.store().begin();
+        let key = ccl_gov::user_key(&id);
         let mut user = tx
-            .get(maps::USERS, id.as_bytes())
+            .get(maps::USER_INFO, key.as_bytes())
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .filter(Value::is_object)
             .unwrap_or_else(|| json!({}));
-        user["assignedRole"] = json!(role);
-        tx.put(maps::USERS, id.as_bytes(), user.to_string().as_bytes())
+        if !user["user_data"].is_object() {
+            user["user_data"] = json!({});
+        }
+        user["user_data"]["assignedRole"] = json!(role);
+        tx.put(maps::USER_INFO, key.as_bytes(), user.to_string().as_bytes())
             .map_err(|e| ApiError::bad("InvalidUserId", e.to_string()))?;
         e.commit(tx, None).map_err(ApiError::internal)?;
     }
@@ -761,15 +809,21 @@ async fn delete_user(
     user_id(&id)?;
     let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
     let mut tx = e.store().begin();
-    if tx.get(maps::USERS, id.as_bytes()).is_none() {
+    let key = ccl_gov::user_key(&id);
+    let mut found = false;
+    for map in [maps::USER_INFO, maps::USER_CERTS] {
+        if tx.get(map, key.as_bytes()).is_some() {
+            found = true;
+            tx.remove(map, key.as_bytes()).map_err(ApiError::internal)?;
+        }
+    }
+    if !found {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "UserNotFound",
             format!("no user {id}"),
         ));
     }
-    tx.remove(maps::USERS, id.as_bytes())
-        .map_err(ApiError::internal)?;
     e.commit(tx, None).map_err(ApiError::internal)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -807,6 +861,50 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/app/enclaveQuotes", "Reader"),
     ("get", "/app/governance/constitution", "Reader"),
     ("get", "/app/governance/members", "Reader"),
+    (
+        "post",
+        "/gov/members/proposals:create",
+        "Member (COSE Sign1)",
+    ),
+    ("get", "/gov/members/proposals", "Anyone"),
+    ("get", "/gov/members/proposals/{proposalId}", "Anyone"),
+    (
+        "post",
+        "/gov/members/proposals/{proposalId}:withdraw",
+        "Member (COSE Sign1, the proposer)",
+    ),
+    (
+        "get",
+        "/gov/members/proposals/{proposalId}/actions",
+        "Anyone",
+    ),
+    (
+        "get",
+        "/gov/members/proposals/{proposalId}/ballots/{memberId}",
+        "Anyone",
+    ),
+    (
+        "post",
+        "/gov/members/proposals/{proposalId}/ballots/{memberId}:submit",
+        "Member (COSE Sign1, memberId)",
+    ),
+    ("get", "/gov/members/state-digests/{memberId}", "Anyone"),
+    (
+        "post",
+        "/gov/members/state-digests/{memberId}:update",
+        "Member (COSE Sign1, memberId)",
+    ),
+    (
+        "post",
+        "/gov/members/state-digests/{memberId}:ack",
+        "Member (COSE Sign1, memberId)",
+    ),
+    ("get", "/gov/service/info", "Anyone"),
+    ("get", "/gov/service/members", "Anyone"),
+    ("get", "/gov/service/members/{memberId}", "Anyone"),
+    ("get", "/gov/service/users", "Anyone"),
+    ("get", "/gov/service/nodes", "Anyone"),
+    ("get", "/gov/service/constitution", "Anyone"),
     ("get", "/node/commit", "Anyone"),
     ("get", "/node/network", "Anyone"),
     ("get", "/node/state", "Anyone"),

@@ -80,10 +80,16 @@ fn write_public(path: &Path, text: &str) -> Result<(), InitError> {
 
 /// What a first start created, for the operator.
 pub struct Created {
+    /// user0's Azure user id (certificate fingerprint, `AB:CD:…`).
     pub user0_id: String,
-    pub member0_id: String,
     pub user0_cert: Certificate,
-    pub member0_cert: Certificate,
+    /// Generated members: id, certificate, key (also in `member<i>.pem`).
+    pub members: Vec<(String, Certificate, SigningKey)>,
+}
+
+/// The file of the `i`th generated member's certificate and key.
+pub fn member_file(i: usize) -> String {
+    format!("member{i}.pem")
 }
 
 /// Whether `dir` already holds a node.
@@ -96,6 +102,7 @@ pub fn exists(dir: &Path) -> bool {
 pub fn create(
     dir: &Path,
     names: &[String],
+    members: usize,
 ) -> Result<(Identity, LedgerSecret, Created), InitError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let identity = Identity::generate(names)?;
@@ -115,7 +122,15 @@ pub fn create(
         Ok((key, c))
     };
     let (user_key, user_cert) = client("user0")?;
-    let (member_key, member_cert) = client("member0")?;
+    let mut generated = Vec::new();
+    for i in 0..members {
+        let (key, cert) = client(&format!("member{i}"))?;
+        write_private(
+            &dir.join(member_file(i)),
+            format!("{}{}", cert.pem(), &*key.to_pkcs8_pem()).as_bytes(),
+        )?;
+        generated.push((hex::encode(ccl_crypto::sha256(cert.der())), cert, key));
+    }
     seal(
         dir,
         &identity,
@@ -127,15 +142,10 @@ pub fn create(
         &dir.join(USER0),
         format!("{}{}", user_cert.pem(), &*user_key.to_pkcs8_pem()).as_bytes(),
     )?;
-    write_private(
-        &dir.join(MEMBER0),
-        format!("{}{}", member_cert.pem(), &*member_key.to_pkcs8_pem()).as_bytes(),
-    )?;
     let created = Created {
         user0_id: crate::tls::fingerprint(user_cert.der()),
-        member0_id: hex::encode(ccl_crypto::sha256(member_cert.der())),
         user0_cert: user_cert,
-        member0_cert: member_cert,
+        members: generated,
     };
     Ok((identity, secret, created))
 }

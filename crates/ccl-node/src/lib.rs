@@ -5,6 +5,7 @@
 //! one fsync for every transaction since the last) and then marks what is durable as committed.
 
 pub mod api;
+pub mod gov;
 pub mod init;
 pub mod tls;
 
@@ -16,12 +17,15 @@ use std::time::{Duration, Instant};
 
 /// Maps of the service (everything is a map, so the ledger is the audit).
 pub mod maps {
-    /// Users: key user id (certificate fingerprint), value `{"assignedRole", "cert"}`.
-    pub const USERS: &str = "public:ccl.gov.users";
+    /// Users' certificates: key user id (hex SHA-256 of the certificate DER), value PEM.
+    pub const USER_CERTS: &str = ccl_gov::maps::USER_CERTS;
+    /// Users' data: key user id (or an Azure user id that is not a certificate fingerprint),
+    /// value `{"user_data": {"assignedRole": "Administrator" | "Contributor" | "Reader", …}}`.
+    pub const USER_INFO: &str = ccl_gov::maps::USER_INFO;
     /// Members: key member id (hex SHA-256 of the certificate DER), value certificate PEM.
-    pub const MEMBERS: &str = "public:ccf.gov.members.certs";
+    pub const MEMBERS: &str = ccl_gov::maps::MEMBER_CERTS;
     /// The constitution: key singleton, value the JavaScript source.
-    pub const CONSTITUTION: &str = "public:ccf.gov.constitution";
+    pub const CONSTITUTION: &str = ccl_gov::maps::CONSTITUTION;
     /// Ledger entries (private: encrypted in every ledger and snapshot file): key collection id,
     /// value `{"contents"}`; every write is a transaction, the map holds the latest per collection.
     pub const ENTRIES: &str = "ccl.app.entries";
@@ -44,7 +48,18 @@ pub struct NodeConfig {
     /// DNS names and IP addresses for the node certificate, besides localhost and 127.0.0.1.
     pub names: Vec<String>,
     pub engine: EngineConfig,
+    /// Members a new service starts with: this many generated (keys in the data directory)...
+    pub generated_members: usize,
+    /// ...plus these certificates (PEM) of members who keep their own keys.
+    pub member_certs: Vec<String>,
+    /// Whether a new service whose members were all generated here opens itself at once (its
+    /// members acknowledge and vote `transition_service_to_open`, signed with their keys, on the
+    /// ledger like any vote). Otherwise it stays Opening until its members open it.
+    pub auto_open: bool,
 }
+
+/// Most members a service starts with.
+pub const MAX_INITIAL_MEMBERS: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -58,6 +73,8 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Tx(#[from] ccl_store::TxError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// What the node shares with its request handlers.
@@ -67,6 +84,44 @@ pub struct Shared {
     pub service_cert_pem: String,
     pub node_id: String,
     pub started: Instant,
+    /// Whether the service is Open (cached from the service info map, refreshed by governance).
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// The service info (identity and status) from the store.
+    pub fn service_info(&self) -> Result<ccl_ledger::tables::ServiceInfo, String> {
+        let state = self.handle.store().state();
+        let v = state
+            .get(
+                ccl_ledger::tables::SERVICE_INFO,
+                &ccl_ledger::tables::SINGLETON_KEY,
+            )
+            .ok_or("no service info")?;
+        serde_json::from_slice(&v.value).map_err(|e| e.to_string())
+    }
+
+    /// Whether the service is Open (users may use it).
+    pub fn is_open(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Re-reads the service status after a change.
+    pub fn refresh_status(&self) {
+        let open = self
+            .service_info()
+            .is_ok_and(|i| i.status == ccl_ledger::tables::ServiceStatus::Open);
+        self.open.store(open, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The constitution's source.
+    pub fn constitution(&self) -> String {
+        let state = self.handle.store().state();
+        state
+            .get(maps::CONSTITUTION, &ccl_gov::SINGLETON_KEY)
+            .map(|v| String::from_utf8_lossy(&v.value).into_owned())
+            .unwrap_or_default()
+    }
 }
 
 /// A started node: its address, and what `ccl start` prints.
@@ -89,19 +144,45 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
         e.set_view(v);
         (e, None)
     } else {
-        let (identity, secret, created) = init::create(dir, &names)?;
-        let (user_id, user_cert) = (created.user0_id.clone(), created.user0_cert.pem());
-        let (member_id, member_cert) = (created.member0_id.clone(), created.member0_cert.pem());
+        if cfg.generated_members + cfg.member_certs.len() == 0
+            || cfg.generated_members + cfg.member_certs.len() > MAX_INITIAL_MEMBERS
+        {
+            return Err(NodeError::Config(format!(
+                "a service starts with 1 to {MAX_INITIAL_MEMBERS} members"
+            )));
+        }
+        for pem in &cfg.member_certs {
+            ccl_gov::cert_id(pem)
+                .map_err(|e| NodeError::Config(format!("member certificate: {e}")))?;
+        }
+        let (identity, secret, created) = init::create(dir, &names, cfg.generated_members)?;
+        let user_key = hex::encode(ccl_crypto::sha256(created.user0_cert.der()));
+        let user_cert = created.user0_cert.pem();
+        let mut member_pems: Vec<String> = created.members.iter().map(|m| m.1.pem()).collect();
+        member_pems.extend(cfg.member_certs.iter().cloned());
+        let mut gov_error = None;
         let e = Engine::create(dir, cfg.engine.clone(), identity, secret, |tx| {
-            let user = serde_json::json!({"assignedRole": "Administrator", "cert": user_cert});
-            tx.put(maps::USERS, user_id.as_bytes(), user.to_string().as_bytes())?;
-            tx.put(maps::MEMBERS, member_id.as_bytes(), member_cert.as_bytes())?;
+            let user = serde_json::json!({"user_data": {"assignedRole": "Administrator"}});
+            tx.put(maps::USER_CERTS, user_key.as_bytes(), user_cert.as_bytes())?;
             tx.put(
-                maps::CONSTITUTION,
-                &ccl_ledger::tables::SINGLETON_KEY,
-                api::DEFAULT_CONSTITUTION.as_bytes(),
-            )
+                maps::USER_INFO,
+                user_key.as_bytes(),
+                user.to_string().as_bytes(),
+            )?;
+            for pem in &member_pems {
+                if let Err(e) = ccl_gov::add_member(tx, pem, ccl_gov::MemberStatus::Accepted, None)
+                {
+                    gov_error = Some(e);
+                }
+            }
+            if let Err(e) = ccl_gov::set_constitution(tx, ccl_gov::DEFAULT_CONSTITUTION) {
+                gov_error = Some(e);
+            }
+            Ok(())
         })?;
+        if let Some(err) = gov_error {
+            return Err(NodeError::Config(format!("genesis: {err}")));
+        }
         (e, Some(created))
     };
     let shared = Arc::new(Shared {
@@ -110,7 +191,15 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
         node_id: engine.identity().node_id(),
         engine: Mutex::new(engine),
         started: Instant::now(),
+        open: Default::default(),
     });
+    shared.refresh_status();
+    if let Some(c) = &created
+        && cfg.auto_open
+        && cfg.member_certs.is_empty()
+    {
+        open_by_members(&shared, &c.members)?;
+    }
     // Everything recovered (or the genesis) is durable: commit it before serving.
     {
         let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
@@ -119,6 +208,82 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
         e.commit_up_to(s)?;
     }
     Ok((shared, created))
+}
+
+/// Opens a new service with the votes of its generated members: each acknowledges the state
+/// digest (becoming Active), the first proposes `transition_service_to_open`, and they vote until
+/// the constitution accepts it. Every step is a signed request on the ledger, as if sent over HTTP.
+fn open_by_members(
+    shared: &Shared,
+    members: &[(
+        String,
+        ccl_crypto::cert::Certificate,
+        ccl_crypto::keys::SigningKey,
+    )],
+) -> Result<(), NodeError> {
+    use ccl_gov::{msg, request::verify};
+    let gov_err = |e: api::ApiError| NodeError::Config(format!("opening the service: {e:?}"));
+    let now = ccl_crypto::cert::now_unix;
+    let sign = |(id, _, key): &(String, _, ccl_crypto::keys::SigningKey),
+                ty: &str,
+                pid: Option<&str>,
+                payload: &str| {
+        ccl_gov::sign_request(key, id, ty, pid, now(), payload.as_bytes())
+            .map_err(|e| NodeError::Config(e.to_string()))
+    };
+    for m in members {
+        let id = m.0.as_str();
+        let req = sign(m, msg::STATE_DIGEST, None, "")?;
+        let digest = gov::transact(shared, |tx, digest| {
+            let s = verify(tx, &req, msg::STATE_DIGEST, None, now())?;
+            ccl_gov::update_state_digest(tx, &s, id, digest)?;
+            Ok((digest.to_string(), Default::default()))
+        })
+        .map_err(gov_err)?;
+        let req = sign(
+            m,
+            msg::ACK,
+            None,
+            &serde_json::json!({"stateDigest": digest}).to_string(),
+        )?;
+        gov::transact(shared, |tx, _| {
+            let s = verify(tx, &req, msg::ACK, None, now())?;
+            ccl_gov::ack(tx, &s, &req, id)?;
+            Ok(((), Default::default()))
+        })
+        .map_err(gov_err)?;
+    }
+    let proposal = r#"{"actions":[{"name":"transition_service_to_open","args":{}}]}"#;
+    let req = sign(&members[0], msg::PROPOSAL, None, proposal)?;
+    let mut out = gov::transact(shared, |tx, _| {
+        let s = verify(tx, &req, msg::PROPOSAL, None, now())?;
+        let o = ccl_gov::propose(tx, &s, &req)?;
+        let fx = o.effects.clone();
+        Ok((o, fx))
+    })
+    .map_err(gov_err)?;
+    let ballot = r#"{"ballot":"export function vote (proposal, proposerId) { return true }"}"#;
+    for m in members {
+        if out.info.state != ccl_gov::ProposalState::Open {
+            break;
+        }
+        let pid = out.proposal_id.clone();
+        let req = sign(m, msg::BALLOT, Some(&pid), ballot)?;
+        out = gov::transact(shared, |tx, _| {
+            let s = verify(tx, &req, msg::BALLOT, Some(&pid), now())?;
+            let o = ccl_gov::ballot(tx, &s, &req, &pid, &m.0)?;
+            let fx = o.effects.clone();
+            Ok((o, fx))
+        })
+        .map_err(gov_err)?;
+    }
+    if !shared.is_open() {
+        return Err(NodeError::Config(format!(
+            "the service did not open: the proposal is {:?}",
+            out.info.state
+        )));
+    }
+    Ok(())
 }
 
 /// One round of the committer: a signature if due, fsync outside the lock, commit.
@@ -189,7 +354,7 @@ pub async fn serve(
                         Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); return; }
                     };
                     let caller = api::Caller {
-                        user_id: stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| tls::fingerprint(c)),
+                        cert_id: stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| hex::encode(ccl_crypto::sha256(c))),
                     };
                     let svc = hyper_util::service::TowerToHyperService::new(
                         tower::ServiceBuilder::new().layer(axum::Extension(caller)).service(app),

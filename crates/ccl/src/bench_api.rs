@@ -19,6 +19,9 @@ pub fn run(dir: &Path, clients: &[usize], seconds: u64, report: &Path) -> Result
             listen: "127.0.0.1:0".parse().expect("address"),
             names: vec![],
             engine: EngineConfig::default(),
+            generated_members: 1,
+            member_certs: vec![],
+            auto_open: true,
         };
         let (shared, _) = tokio::task::spawn_blocking({
             let cfg = cfg.clone();

@@ -35,6 +35,18 @@ pub struct StartArgs {
     /// A snapshot after this many transactions (0: never). [default: 100000]
     #[arg(long)]
     snapshot_interval_txs: Option<u64>,
+    /// New service only: how many members to generate (certificate + key written to
+    /// member<i>.pem in the data directory). [default: 1, or 0 with --member-cert]
+    #[arg(long)]
+    members: Option<usize>,
+    /// New service only: a member's certificate (PEM); the member keeps its key. Repeatable.
+    #[arg(long = "member-cert")]
+    member_certs: Vec<PathBuf>,
+    /// New service only: stay Opening until the members vote transition_service_to_open,
+    /// rather than opening at once with the generated members' votes. A service with
+    /// --member-cert members always waits for them.
+    #[arg(long)]
+    no_auto_open: bool,
 }
 
 /// The `--config` file.
@@ -48,6 +60,10 @@ struct ConfigFile {
     signature_interval_txs: Option<u64>,
     signature_interval_ms: Option<u64>,
     snapshot_interval_txs: Option<u64>,
+    members: Option<usize>,
+    #[serde(default)]
+    member_certs: Vec<PathBuf>,
+    auto_open: Option<bool>,
 }
 
 /// Largest configuration file read.
@@ -76,7 +92,23 @@ fn node_config(args: StartArgs) -> Result<NodeConfig> {
         .expect("a valid default address");
     let mut names = file.names;
     names.extend(args.names);
+    let mut cert_paths = file.member_certs;
+    cert_paths.extend(args.member_certs);
+    let mut member_certs = Vec::new();
+    for p in &cert_paths {
+        let pem = std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read member certificate {}", p.display()))?;
+        member_certs.push(pem);
+    }
+    let generated_members = args
+        .members
+        .or(file.members)
+        .unwrap_or(if member_certs.is_empty() { 1 } else { 0 });
+    let auto_open = !args.no_auto_open && file.auto_open.unwrap_or(true);
     Ok(NodeConfig {
+        generated_members,
+        member_certs,
+        auto_open,
         data_dir: args
             .data_dir
             .or(file.data_dir)
@@ -126,6 +158,9 @@ pub fn run(args: StartArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let addr = listener.local_addr()?;
         print_banner(&cfg, addr, created.as_ref());
+        if !shared.is_open() {
+            println!("\nthe service is Opening: its members must acknowledge the state digest and vote transition_service_to_open (ccl gov ack, ccl gov propose, ccl gov vote)");
+        }
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
@@ -150,9 +185,14 @@ fn print_banner(cfg: &NodeConfig, addr: SocketAddr, created: Option<&init::Creat
     };
     match created {
         Some(c) => println!(
-            "ccl: new service in {} (user0 = {}, Administrator)",
+            "ccl: new service in {} (user0 = {}, Administrator; {} generated member(s): {})",
             dir.display(),
-            c.user0_id
+            c.user0_id,
+            c.members.len(),
+            (0..c.members.len())
+                .map(|i| dir.join(init::member_file(i)).display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         None => println!("ccl: recovered the service in {}", dir.display()),
     }

@@ -1,6 +1,7 @@
 """The whole matrix of callers x endpoints, from the node's own route table (/node/api): callers
 without a certificate or with an unknown one get 401 on every user endpoint, users below the
-required role get 403, everyone else gets through. Usage: auth_matrix.py ENDPOINT SERVICE_CERT USER_PEM TMPDIR."""
+required role get 403, everyone else gets through. Governance writes take a member's COSE Sign1
+signature, not a TLS identity: whoever sends one without it gets 401. Usage: auth_matrix.py ENDPOINT SERVICE_CERT USER_PEM TMPDIR."""
 
 import datetime
 import hashlib
@@ -62,8 +63,17 @@ def main():
             for name, (pem, rank, denial) in callers.items():
                 set_role(target, "Reader")
                 p = path.replace("{txid}", "1.1").replace("{user_id}", target)
+                p = p.replace("{proposalId}", "ab" * 32).replace("{memberId}", "cd" * 32)
                 q = f"{p}{'&' if '?' in p else '?'}{API}" if p.startswith("/app") else p
+                if p.startswith("/gov"):
+                    q = f"{p}?api-version=2024-07-01"
                 body, ct = None, None
+                if policy.startswith("Member"):
+                    r = call(method, q, pem, b"not a COSE Sign1 message", "application/cose")
+                    assert r.status_code == 401, f"{name} {method} {path}: {r.status_code} {r.text}"
+                    assert r.json()["error"]["code"] == "InvalidAuthenticationInfo", r.text
+                    checked += 1
+                    continue
                 if method == "post":
                     body, ct = json.dumps({"contents": "matrix"}), "application/json"
                 if method == "patch":
