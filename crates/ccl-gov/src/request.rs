@@ -114,7 +114,7 @@ pub fn verify(
             ));
         }
     };
-    if (created_at - now).abs() > MAX_CLOCK_SKEW {
+    if created_at < 0 || (created_at.saturating_sub(now)).abs() > MAX_CLOCK_SKEW {
         return Err(GovError::new(
             400,
             "InvalidCreatedAt",
@@ -124,7 +124,7 @@ pub fn verify(
         ));
     }
     let digest = ccl_crypto::sha256(body);
-    remember(tx, created_at, &digest, now)?;
+    remember(tx, created_at, &digest, now, &msg_type)?;
     Ok(Signed {
         member_id: kid,
         msg_type,
@@ -136,10 +136,16 @@ pub fn verify(
 }
 
 /// Records a request's digest for replay protection, forgetting those older than the window.
-/// Keys are `{created_at:020}:{hex digest}` (created_at offset to stay positive), so they sort
-/// by time.
-fn remember(tx: &mut Tx, created_at: i64, digest: &[u8; 32], now: i64) -> Result<(), GovError> {
-    let stamp = |t: i64| format!("{:020}", (t as i128 - i64::MIN as i128) as u128);
+/// Keys are `{created_at}:{hex digest}` as CCF writes them (seconds, zero-padded to 12 digits so
+/// that keys sort by time); the value is the message type (JSON).
+fn remember(
+    tx: &mut Tx,
+    created_at: i64,
+    digest: &[u8; 32],
+    now: i64,
+    msg_type: &str,
+) -> Result<(), GovError> {
+    let stamp = |t: i64| format!("{:012}", t.max(0));
     let key = format!("{}:{}", stamp(created_at), hex::encode(digest));
     if tx.get(maps::RECENT_REQUESTS, key.as_bytes()).is_some() {
         return Err(GovError::new(
@@ -158,6 +164,7 @@ fn remember(tx: &mut Tx, created_at: i64, digest: &[u8; 32], now: i64) -> Result
         tx.remove(maps::RECENT_REQUESTS, &k)
             .map_err(GovError::internal)?;
     }
-    tx.put(maps::RECENT_REQUESTS, key.as_bytes(), b"")
+    let value = serde_json::Value::String(msg_type.to_string()).to_string();
+    tx.put(maps::RECENT_REQUESTS, key.as_bytes(), value.as_bytes())
         .map_err(GovError::internal)
 }

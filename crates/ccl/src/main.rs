@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_api;
+mod gov;
 mod offline;
 mod start;
 mod user;
@@ -60,6 +61,9 @@ enum Command {
         #[command(subcommand)]
         command: ReceiptCommand,
     },
+    /// Governance, for members: propose, vote, withdraw, list, show, ack (COSE-signed with the
+    /// member's key).
+    Gov(gov::GovArgs),
     /// Measure throughput (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
                 },
         } => offline::receipt_verify(&receipt, &service_cert, claims.as_deref()),
         Command::Bench(args) => bench::run(args),
+        Command::Gov(args) => gov::run(&args),
         Command::Start(args) => start::run(args),
         Command::Put {
             contents,

@@ -15,32 +15,7 @@ struct Node {
 }
 
 fn start(dir: &Path) -> Node {
-    let mut child = ccl()
-        .args([
-            "start",
-            "--listen",
-            "127.0.0.1:0",
-            "--signature-interval-ms",
-            "20",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("CCL_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let endpoint = loop {
-        let line = lines
-            .next()
-            .expect("ccl start exited before listening")
-            .unwrap();
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            break rest.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (child, endpoint) = spawn_node(dir, &[]);
     Node {
         child,
         endpoint,

@@ -25,6 +25,40 @@ pub fn ccl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ccl"))
 }
 
+/// Starts `ccl start` on a free loopback port with its data in `dir` (log in `dir`.log), plus
+/// `extra` arguments; returns the process and its endpoint once it listens.
+pub fn spawn_node(dir: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = ccl()
+        .args([
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--signature-interval-ms",
+            "20",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .args(extra)
+        .env("CCL_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let endpoint = loop {
+        let line = lines
+            .next()
+            .expect("ccl start exited before listening")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            break rest.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, endpoint)
+}
+
 /// A ledger built for a test.
 pub struct Built {
     pub engine: Engine,
