@@ -10,6 +10,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("ccl-receipt", 1),
     ("ccl-store", 2),
     ("ccl-engine", 3),
+    ("ccl-gov", 3),
     ("ccl-node", 5),
     ("ccl-client", 5),
     ("ccl", 9),
@@ -22,6 +23,7 @@ const PURE: &[&str] = &[
     "ccl-receipt",
     "ccl-store",
     "ccl-engine",
+    "ccl-gov",
 ];
 const IMPURE_DEPS: &[&str] = &[
     "tokio",
