@@ -579,6 +579,20 @@ impl Engine {
         Ok(())
     }
 
+    /// A copy of every ledger secret, by starting seqno (to seal them).
+    pub fn ledger_secrets(&self) -> LedgerSecrets {
+        let secrets = self
+            .shared
+            .secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out = LedgerSecrets::default();
+        for (from, s) in secrets.iter() {
+            out.push(from, LedgerSecret::from_bytes(*s.raw()));
+        }
+        out
+    }
+
     /// Starts a new ledger secret for transactions from the next seqno on (rekey).
     pub fn rekey(&mut self, secret: LedgerSecret) {
         let next = self.last_seqno() + 1;

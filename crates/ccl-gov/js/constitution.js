@@ -194,6 +194,16 @@ const actions = new Map([
     (args) => checkKeys(args, []),
     () => ccf.node.triggerLedgerRekey(),
   )],
+  ["trigger_snapshot", new Action(
+    (args) => checkKeys(args, []),
+    () => ccf.node.triggerSnapshot(),
+  )],
+  // Not yet carried out by ccl: refused at validation rather than accepted and ignored.
+  ...["trigger_recovery_shares_refresh", "set_node_certificate_validity",
+    "set_service_certificate_validity"].map((name) => [name, new Action(
+    () => { throw new Error(`${name} is not supported by this version of ccl`); },
+    () => { throw new Error(`${name} is not supported by this version of ccl`); },
+  )]),
   ["transition_node_to_trusted", new Action(
     (args) => {
       checkKeys(args, ["node_id", "valid_from", "validity_period_days"]);

@@ -12,7 +12,8 @@
 //! Scripts see CCF's `ccf` global: `ccf.kv[map]` (get, has, set, delete, forEach, size) over the
 //! transaction's public maps, `ccf.strToBuf`, `ccf.bufToStr`, `ccf.jsonCompatibleToBuf`,
 //! `ccf.bufToJsonCompatible`, `ccf.pemToId`, `ccf.crypto.isValidX509CertBundle`, and
-//! `ccf.node.transitionServiceToOpen` / `ccf.node.triggerLedgerRekey` (recorded as [`Effects`]).
+//! `ccf.node.transitionServiceToOpen` / `triggerLedgerRekey` / `triggerSnapshot` (recorded as
+//! [`Effects`]).
 //! Reads are limited to `public:` maps (private maps stay out of governance's reach); writes
 //! need [`Access::Write`] (only `apply` has it) and are limited to `public:ccf.gov.` maps.
 
@@ -50,6 +51,8 @@ pub struct Effects {
     pub open_service: bool,
     /// `ccf.node.triggerLedgerRekey()`.
     pub rekey: bool,
+    /// `ccf.node.triggerSnapshot()`.
+    pub snapshot: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +166,7 @@ const PRELUDE: &str = r#"
     node: Object.freeze({
       transitionServiceToOpen: () => n.effect("open_service"),
       triggerLedgerRekey: () => n.effect("rekey"),
+      triggerSnapshot: () => n.effect("snapshot"),
     }),
   });
   const unavailable = (what) => function () {
@@ -289,6 +293,7 @@ fn install(ctx: &Ctx<'_>, host: &Rc<Host>) -> rquickjs::Result<()> {
                 match what.as_str() {
                     "open_service" => e.open_service = true,
                     "rekey" => e.rekey = true,
+                    "snapshot" => e.snapshot = true,
                     _ => return Err(Exception::throw_message(&ctx, "unknown node action")),
                 }
                 Ok(())

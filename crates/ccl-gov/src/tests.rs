@@ -555,6 +555,19 @@ fn node_effects_and_role_actions() {
     assert_eq!(out.info.state, ProposalState::Accepted);
     assert!(out.effects.open_service);
     assert!(!out.effects.rekey);
+    let pid = w
+        .propose(0, &json!({"actions": [{"name": "trigger_snapshot", "args": {}}, {"name": "trigger_ledger_rekey", "args": {}}]}))
+        .unwrap()
+        .proposal_id;
+    let out = w.vote(0, &pid, YES).unwrap();
+    assert!(out.effects.snapshot && out.effects.rekey && !out.effects.open_service);
+    let e = w
+        .propose(
+            0,
+            &json!({"actions": [{"name": "set_service_certificate_validity", "args": {}}]}),
+        )
+        .unwrap_err();
+    assert!(e.message.contains("not supported"), "{}", e.message);
     let info: Value = serde_json::from_slice(&w.get(maps::USER_INFO, "AA:BB").unwrap()).unwrap();
     assert_eq!(info["user_data"]["assignedRole"], "Reader");
     let e = w

@@ -81,8 +81,18 @@ pub fn transact<R>(
     }
     e.commit(tx, None).map_err(ApiError::internal)?;
     if effects.rekey {
-        let secret = ccl_ledger::secrets::LedgerSecret::generate().map_err(ApiError::internal)?;
+        use ccl_ledger::secrets::LedgerSecret;
+        let secret = LedgerSecret::generate().map_err(ApiError::internal)?;
+        // Sealed to disk before anything is encrypted under it, so a restart can read it all.
+        let mut all = e.ledger_secrets();
+        all.push(e.last_seqno() + 1, LedgerSecret::from_bytes(*secret.raw()));
+        crate::init::seal(&shared.data_dir, e.identity(), &all).map_err(ApiError::internal)?;
         e.rekey(secret);
+    }
+    if effects.snapshot {
+        // Snapshots are taken at signatures: sign everything so far, then snapshot.
+        e.emit_signature().map_err(ApiError::internal)?;
+        e.snapshot_now().map_err(ApiError::internal)?;
     }
     drop(e);
     shared.refresh_status();

@@ -84,6 +84,8 @@ pub struct Shared {
     pub service_cert_pem: String,
     pub node_id: String,
     pub started: Instant,
+    /// The data directory (sealed secrets are rewritten there on rekey).
+    pub data_dir: PathBuf,
     /// Whether the service is Open (cached from the service info map, refreshed by governance).
     open: std::sync::atomic::AtomicBool,
 }
@@ -191,6 +193,7 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
         node_id: engine.identity().node_id(),
         engine: Mutex::new(engine),
         started: Instant::now(),
+        data_dir: dir.to_path_buf(),
         open: Default::default(),
     });
     shared.refresh_status();

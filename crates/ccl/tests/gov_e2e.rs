@@ -213,14 +213,49 @@ fn a_consortium_of_three_governs_by_majority() {
         assert!(states.contains(&s), "{s} in {states:?}");
     }
 
-    // All of it is on the ledger, which validates.
+    // Rekey and snapshot by vote; after a restart, entries from before and after still read.
+    let pid = node.propose(
+        2,
+        &json!({"actions": [{"name": "trigger_ledger_rekey", "args": {}}, {"name": "trigger_snapshot", "args": {}}]}),
+    );
+    node.vote(0, &pid, "--accept");
+    assert_eq!(node.vote(1, &pid, "--accept")["proposalState"], "Accepted");
+    let (ok, err) = node.put(&admin, "after the rekey");
+    assert!(ok, "{err}");
     let mut node = node;
-    let status = Command::new("kill")
-        .args(["-TERM", &node.child.id().to_string()])
-        .status()
+    let stop = |node: &mut Node| {
+        let status = Command::new("kill")
+            .args(["-TERM", &node.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(node.child.wait().unwrap().success());
+    };
+    stop(&mut node);
+    let (child, endpoint) = spawn_node(&dir, &[]);
+    node.child = child;
+    node.endpoint = endpoint;
+    let out = ccl()
+        .args(["list", "--endpoint", &node.endpoint])
+        .arg("--service-cert")
+        .arg(dir.join("service_cert.pem"))
+        .arg("--identity")
+        .arg(&admin)
+        .output()
         .unwrap();
-    assert!(status.success());
-    assert!(node.child.wait().unwrap().success());
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("open now") && listed.contains("after the rekey"),
+        "{listed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_dir(dir.join("snapshots")).unwrap().count() > 0,
+        "trigger_snapshot wrote a snapshot"
+    );
+
+    // All of it is on the ledger, which validates.
+    stop(&mut node);
     let out = ccl()
         .args(["ledger", "verify"])
         .arg(dir.join("ledger"))
