@@ -182,15 +182,20 @@ fn json_body(headers: &HeaderMap, body: &[u8], accepted: &[&str]) -> Result<Valu
 }
 
 fn api_version(q: &HashMap<String, String>) -> Result<(), ApiError> {
+    require_version(q, API_VERSION)
+}
+
+/// The `api-version` query parameter must be `version`.
+pub fn require_version(q: &HashMap<String, String>, version: &str) -> Result<(), ApiError> {
     match q.get("api-version").map(String::as_str) {
-        Some(API_VERSION) => Ok(()),
+        Some(v) if v == version => Ok(()),
         Some(v) => Err(ApiError::bad(
             "UnsupportedApiVersion",
-            format!("api-version {v} is not supported; use {API_VERSION}"),
+            format!("api-version {v} is not supported here; use {version}"),
         )),
         None => Err(ApiError::bad(
             "MissingApiVersion",
-            format!("the api-version query parameter is required ({API_VERSION})"),
+            format!("the api-version query parameter is required ({version})"),
         )),
     }
 }

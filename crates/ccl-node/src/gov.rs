@@ -33,17 +33,7 @@ impl From<GovError> for ApiError {
 }
 
 fn gov_version(q: &HashMap<String, String>) -> Result<(), ApiError> {
-    match q.get("api-version").map(String::as_str) {
-        Some(GOV_API_VERSION) => Ok(()),
-        Some(v) => Err(ApiError::bad(
-            "UnsupportedApiVersion",
-            format!("api-version {v} is not supported here; use {GOV_API_VERSION}"),
-        )),
-        None => Err(ApiError::bad(
-            "MissingApiVersion",
-            format!("the api-version query parameter is required ({GOV_API_VERSION})"),
-        )),
-    }
+    crate::api::require_version(q, GOV_API_VERSION)
 }
 
 fn cose_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<&'a [u8], ApiError> {
@@ -99,6 +89,12 @@ pub fn transact<R>(
     Ok(r)
 }
 
+/// A proposal's outcome with the effects [`transact`] carries out.
+pub fn with_effects(o: ccl_gov::Outcome) -> (ccl_gov::Outcome, ccl_gov::js::Effects) {
+    let fx = o.effects.clone();
+    (o, fx)
+}
+
 /// Service status Opening -> Open (`transition_service_to_open`).
 fn open_service(tx: &mut Tx) -> Result<(), GovError> {
     let v = tx
@@ -134,9 +130,7 @@ pub async fn create_proposal(
     let body = cose_body(&headers, &body)?;
     let out = transact(&shared, |tx, _| {
         let s = ccl_gov::request::verify(tx, body, msg::PROPOSAL, None, now())?;
-        let o = ccl_gov::propose(tx, &s, body)?;
-        let fx = o.effects.clone();
-        Ok((o, fx))
+        ccl_gov::propose(tx, &s, body).map(with_effects)
     })?;
     Ok(json_response(out.info.to_api_json(&out.proposal_id)))
 }
@@ -269,9 +263,7 @@ pub async fn ballot(
             let body = cose_body(&headers, &body)?;
             let out = transact(&shared, |tx, _| {
                 let s = ccl_gov::request::verify(tx, body, msg::BALLOT, Some(&id), now())?;
-                let o = ccl_gov::ballot(tx, &s, body, &id, member)?;
-                let fx = o.effects.clone();
-                Ok((o, fx))
+                ccl_gov::ballot(tx, &s, body, &id, member).map(with_effects)
             })?;
             Ok(json_response(out.info.to_api_json(&out.proposal_id)))
         }

@@ -260,9 +260,7 @@ fn open_by_members(
     let req = sign(&members[0], msg::PROPOSAL, None, proposal)?;
     let mut out = gov::transact(shared, |tx, _| {
         let s = verify(tx, &req, msg::PROPOSAL, None, now())?;
-        let o = ccl_gov::propose(tx, &s, &req)?;
-        let fx = o.effects.clone();
-        Ok((o, fx))
+        ccl_gov::propose(tx, &s, &req).map(gov::with_effects)
     })
     .map_err(gov_err)?;
     let ballot = r#"{"ballot":"export function vote (proposal, proposerId) { return true }"}"#;
@@ -274,9 +272,7 @@ fn open_by_members(
         let req = sign(m, msg::BALLOT, Some(&pid), ballot)?;
         out = gov::transact(shared, |tx, _| {
             let s = verify(tx, &req, msg::BALLOT, Some(&pid), now())?;
-            let o = ccl_gov::ballot(tx, &s, &req, &pid, &m.0)?;
-            let fx = o.effects.clone();
-            Ok((o, fx))
+            ccl_gov::ballot(tx, &s, &req, &pid, &m.0).map(gov::with_effects)
         })
         .map_err(gov_err)?;
     }
