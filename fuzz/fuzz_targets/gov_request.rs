@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let mut tx = store().begin();
     for ty in [ccl_gov::msg::PROPOSAL, ccl_gov::msg::BALLOT, ccl_gov::msg::ACK] {
         if let Ok(s) = ccl_gov::request::verify(&mut tx, data, ty, None, NOW) {
-            let _ = ccl_gov::propose(&mut tx, &s, data);
+            let _ = ccl_gov::propose(&mut tx, &s, data, &[0; 32]);
         }
     }
 });

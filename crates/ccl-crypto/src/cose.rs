@@ -59,6 +59,11 @@ impl Sign1 {
         self.msg.payload.as_deref()
     }
 
+    /// The signature bytes.
+    pub fn signature(&self) -> &[u8] {
+        &self.msg.signature
+    }
+
     pub fn kid(&self) -> &[u8] {
         &self.msg.protected.header.key_id
     }

@@ -324,8 +324,15 @@ fn proposal_text(tx: &mut Tx, proposal_id: &str) -> Result<String, GovError> {
     String::from_utf8(v.to_vec()).map_err(GovError::internal)
 }
 
-/// Creates a proposal from a verified `proposal` request (`request` is its COSE bytes).
-pub fn propose(tx: &mut Tx, signed: &Signed, request: &[u8]) -> Result<Outcome, GovError> {
+/// Creates a proposal from a verified `proposal` request (`request` is its COSE bytes). Its id
+/// binds it to the state it was made in, as CCF's does: hex SHA-256(`root` ‖ request digest),
+/// `root` being the Merkle root when the request is executed.
+pub fn propose(
+    tx: &mut Tx,
+    signed: &Signed,
+    request: &[u8],
+    root: &[u8; 32],
+) -> Result<Outcome, GovError> {
     assert_eq!(signed.msg_type, msg::PROPOSAL);
     require_active(tx, &signed.member_id)?;
     let proposal = std::str::from_utf8(&signed.payload)
@@ -343,7 +350,10 @@ pub fn propose(tx: &mut Tx, signed: &Signed, request: &[u8]) -> Result<Outcome, 
         let why = verdict["description"]
             .as_str()
             .unwrap_or("the constitution's validate refused it");
-        return Err(GovError::bad("ProposalFailedToValidate", why));
+        return Err(GovError::bad(
+            "ProposalFailedToValidate",
+            format!("Proposal failed to validate: {why}"),
+        ));
     }
     // No proposal may install a constitution that does not load.
     for action in parsed["actions"].as_array().into_iter().flatten() {
@@ -357,7 +367,7 @@ pub fn propose(tx: &mut Tx, signed: &Signed, request: &[u8]) -> Result<Outcome, 
             check_constitution(src)?;
         }
     }
-    let proposal_id = hex::encode(signed.digest);
+    let proposal_id = hex::encode(ccl_crypto::sha256_parts(&[root, &signed.digest]));
     if tx
         .get(maps::PROPOSALS_INFO, proposal_id.as_bytes())
         .is_some()
@@ -471,9 +481,20 @@ pub fn withdraw(
     if info.proposer_id != signed.member_id {
         return Err(GovError::new(
             403,
-            "NotProposer",
-            "only the proposer may withdraw a proposal",
+            "AuthorizationFailed",
+            format!(
+                "proposal {proposal_id} can only be withdrawn by its proposer {}",
+                info.proposer_id
+            ),
         ));
+    }
+    if info.state == ProposalState::Withdrawn {
+        // Idempotent, as in CCF.
+        return Ok(Outcome {
+            proposal_id: proposal_id.to_string(),
+            info,
+            effects: Effects::default(),
+        });
     }
     if info.state != ProposalState::Open {
         return Err(GovError::bad(
@@ -526,6 +547,7 @@ fn decide(
             proposal,
             info.proposer_id.as_str(),
             votes,
+            proposal_id,
         ))?;
         r.as_string()
             .and_then(|s| s.to_string().ok())

@@ -16,6 +16,8 @@ use std::ops::Bound;
 
 /// How far `created_at` may be from the node's clock, in seconds (either way).
 pub const MAX_CLOCK_SKEW: i64 = 600;
+/// Latest `created_at` representable in the replay record's 10 digits (November 2286).
+pub const MAX_CREATED_AT: i64 = 9_999_999_999;
 /// Largest governance request, in bytes.
 pub const MAX_REQUEST: usize = 1 << 20;
 
@@ -36,7 +38,7 @@ pub struct Signed {
     pub proposal_id: Option<String>,
     pub created_at: i64,
     pub payload: Vec<u8>,
-    /// SHA-256 of the whole request.
+    /// SHA-256 of the request's signature (CCF's request digest).
     pub digest: [u8; 32],
 }
 
@@ -114,7 +116,9 @@ pub fn verify(
             ));
         }
     };
-    if created_at < 0 || (created_at.saturating_sub(now)).abs() > MAX_CLOCK_SKEW {
+    if !(0..=MAX_CREATED_AT).contains(&created_at)
+        || (created_at.saturating_sub(now)).abs() > MAX_CLOCK_SKEW
+    {
         return Err(GovError::new(
             400,
             "InvalidCreatedAt",
@@ -123,7 +127,7 @@ pub fn verify(
             ),
         ));
     }
-    let digest = ccl_crypto::sha256(body);
+    let digest = ccl_crypto::sha256(msg.signature());
     remember(tx, created_at, &digest, now, &msg_type)?;
     Ok(Signed {
         member_id: kid,
@@ -136,7 +140,7 @@ pub fn verify(
 }
 
 /// Records a request's digest for replay protection, forgetting those older than the window.
-/// Keys are `{created_at}:{hex digest}` as CCF writes them (seconds, zero-padded to 12 digits so
+/// Keys are `{created_at}:{hex digest}` as CCF writes them (seconds, zero-padded to 10 digits so
 /// that keys sort by time); the value is the message type (JSON).
 fn remember(
     tx: &mut Tx,
@@ -145,12 +149,12 @@ fn remember(
     now: i64,
     msg_type: &str,
 ) -> Result<(), GovError> {
-    let stamp = |t: i64| format!("{:012}", t.max(0));
+    let stamp = |t: i64| format!("{:010}", t.max(0));
     let key = format!("{}:{}", stamp(created_at), hex::encode(digest));
     if tx.get(maps::RECENT_REQUESTS, key.as_bytes()).is_some() {
         return Err(GovError::new(
             400,
-            "ReplayedRequest",
+            "ProposalReplay",
             "this signed request was already received",
         ));
     }

@@ -77,7 +77,7 @@ impl World {
         let now = self.clock;
         self.run(|tx| {
             let s = request::verify(tx, &req, msg::PROPOSAL, None, now)?;
-            propose(tx, &s, &req)
+            propose(tx, &s, &req, &[7; 32])
         })
     }
 
@@ -169,9 +169,9 @@ fn withdrawal_by_proposer_only() {
     let c = cert(&SigningKey::generate(Curve::P256).unwrap(), "u");
     let pid = w.propose(0, &add_user(&c)).unwrap().proposal_id;
     for (m, want) in [
-        (1, Err("NotProposer")),
+        (1, Err("AuthorizationFailed")),
         (0, Ok(ProposalState::Withdrawn)),
-        (0, Err("ProposalNotOpen")),
+        (0, Ok(ProposalState::Withdrawn)),
     ] {
         let req = w.sign(m, msg::WITHDRAWAL, Some(&pid), "");
         let now = w.clock;
@@ -243,7 +243,7 @@ fn validate_refuses_bad_proposals() {
     let e = w
         .run(|tx| {
             let s = request::verify(tx, &req, msg::PROPOSAL, None, now)?;
-            propose(tx, &s, &req)
+            propose(tx, &s, &req, &[7; 32])
         })
         .unwrap_err();
     assert_eq!(e.code, "InvalidProposal");
@@ -443,12 +443,12 @@ fn requests_are_checked() {
     let t = w.clock;
     w.run(|tx| {
         let s = request::verify(tx, &req, msg::PROPOSAL, None, t)?;
-        propose(tx, &s, &req)
+        propose(tx, &s, &req, &[7; 32])
     })
     .unwrap();
     assert_eq!(
         verify(&w, &req, msg::PROPOSAL, None, t + 5).code,
-        "ReplayedRequest"
+        "ProposalReplay"
     );
     // Much later, it is stale instead.
     assert_eq!(

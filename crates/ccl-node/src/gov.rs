@@ -60,12 +60,12 @@ fn now() -> i64 {
 /// discard on error.
 pub fn transact<R>(
     shared: &Shared,
-    f: impl FnOnce(&mut Tx, &str) -> Result<(R, ccl_gov::js::Effects), GovError>,
+    f: impl FnOnce(&mut Tx, &ccl_crypto::Digest32) -> Result<(R, ccl_gov::js::Effects), GovError>,
 ) -> Result<R, ApiError> {
     let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
-    let digest = hex::encode(e.root());
+    let root = e.root();
     let mut tx = e.store().begin();
-    let (r, effects) = f(&mut tx, &digest)?;
+    let (r, effects) = f(&mut tx, &root)?;
     if effects.open_service {
         open_service(&mut tx)?;
     }
@@ -128,9 +128,9 @@ pub async fn create_proposal(
 ) -> ApiResult {
     gov_version(&q)?;
     let body = cose_body(&headers, &body)?;
-    let out = transact(&shared, |tx, _| {
+    let out = transact(&shared, |tx, root| {
         let s = ccl_gov::request::verify(tx, body, msg::PROPOSAL, None, now())?;
-        ccl_gov::propose(tx, &s, body).map(with_effects)
+        ccl_gov::propose(tx, &s, body, root).map(with_effects)
     })?;
     Ok(json_response(out.info.to_api_json(&out.proposal_id)))
 }
@@ -315,10 +315,10 @@ pub async fn state_digest(
     }
     let body = cose_body(&headers, &body)?;
     if let Some(member) = rest.strip_suffix(":update") {
-        let out = transact(&shared, |tx, digest| {
+        let out = transact(&shared, |tx, root| {
             let s = ccl_gov::request::verify(tx, body, msg::STATE_DIGEST, None, now())?;
             Ok((
-                ccl_gov::update_state_digest(tx, &s, member, digest)?,
+                ccl_gov::update_state_digest(tx, &s, member, &hex::encode(root))?,
                 Default::default(),
             ))
         })?;

@@ -237,10 +237,11 @@ fn open_by_members(
     for m in members {
         let id = m.0.as_str();
         let req = sign(m, msg::STATE_DIGEST, None, "")?;
-        let digest = gov::transact(shared, |tx, digest| {
+        let digest = gov::transact(shared, |tx, root| {
             let s = verify(tx, &req, msg::STATE_DIGEST, None, now())?;
-            ccl_gov::update_state_digest(tx, &s, id, digest)?;
-            Ok((digest.to_string(), Default::default()))
+            let digest = hex::encode(root);
+            ccl_gov::update_state_digest(tx, &s, id, &digest)?;
+            Ok((digest, Default::default()))
         })
         .map_err(gov_err)?;
         let req = sign(
@@ -258,9 +259,9 @@ fn open_by_members(
     }
     let proposal = r#"{"actions":[{"name":"transition_service_to_open","args":{}}]}"#;
     let req = sign(&members[0], msg::PROPOSAL, None, proposal)?;
-    let mut out = gov::transact(shared, |tx, _| {
+    let mut out = gov::transact(shared, |tx, root| {
         let s = verify(tx, &req, msg::PROPOSAL, None, now())?;
-        ccl_gov::propose(tx, &s, &req).map(gov::with_effects)
+        ccl_gov::propose(tx, &s, &req, root).map(gov::with_effects)
     })
     .map_err(gov_err)?;
     let ballot = r#"{"ballot":"export function vote (proposal, proposerId) { return true }"}"#;

@@ -144,7 +144,7 @@ def main():
         ("unknown member", "/gov/members/proposals:create", sign((user[0], user[1], None), "proposal", good), "application/cose", 401, "InvalidAuthenticationInfo"),
         ("wrong message type", "/gov/members/proposals:create", sign(members[0], "ballot", good, proposal_id=open_pid), "application/cose", 401, "InvalidAuthenticationInfo"),
         ("stale created_at", "/gov/members/proposals:create", sign(members[0], "proposal", good, created_at=stale), "application/cose", 400, "InvalidCreatedAt"),
-        ("replayed request", f"/gov/members/proposals/{open_pid}/ballots/{members[1][2]}:submit", replayed, "application/cose", 400, "ReplayedRequest"),
+        ("replayed request", f"/gov/members/proposals/{open_pid}/ballots/{members[1][2]}:submit", replayed, "application/cose", 400, "ProposalReplay"),
         ("ballot on a closed proposal", f"/gov/members/proposals/{pid}/ballots/{members[0][2]}:submit", sign(members[0], "ballot", {"ballot": YES}, pid), "application/cose", 400, "ProposalNotOpen"),
         ("ballot for another member", member2_ballot, sign(members[0], "ballot", {"ballot": YES}, open_pid), "application/cose", 401, "InvalidAuthenticationInfo"),
         ("malformed actions", "/gov/members/proposals:create", sign(members[0], "proposal", {"actions": [{"name": "set_user", "args": {"cert": 42}}]}), "application/cose", 400, "ProposalFailedToValidate"),
@@ -154,7 +154,7 @@ def main():
         ("ballot that runs forever", member2_ballot, sign(members[2], "ballot", {"ballot": loop_ballot}, open_pid), "application/cose", 400, "BallotFailed"),
         ("ballot with a syntax error", member2_ballot, sign(members[2], "ballot", {"ballot": "export function vote( {"}, open_pid), "application/cose", 400, "BallotFailed"),
         ("constitution with a syntax error", "/gov/members/proposals:create", sign(members[0], "proposal", {"actions": [{"name": "set_constitution", "args": {"constitution": "export function validate( {"}}]}), "application/cose", 400, "InvalidConstitution"),
-        ("withdrawal by another member", f"/gov/members/proposals/{open_pid}:withdraw", sign(members[1], "withdrawal", b"", open_pid), "application/cose", 403, "NotProposer"),
+        ("withdrawal by another member", f"/gov/members/proposals/{open_pid}:withdraw", sign(members[1], "withdrawal", b"", open_pid), "application/cose", 403, "AuthorizationFailed"),
         ("unknown proposal", f"/gov/members/proposals/{'0' * 64}/ballots/{members[0][2]}:submit", sign(members[0], "ballot", {"ballot": YES}, "0" * 64), "application/cose", 404, "ProposalNotFound"),
         ("wrong api-version", "/gov/members/proposals:create?api-version=2022-05-13", sign(members[0], "proposal", good), "application/cose", 400, "UnsupportedApiVersion"),
     ]
