@@ -276,9 +276,8 @@ pub async fn ballot(
                     format!("member {rest} has not voted on {id}"),
                 )
             })?;
-            Ok(json_response(
-                json!({"ballot": b, "proposalId": id, "memberId": rest}),
-            ))
+            // As CCF: the ballot's JavaScript itself.
+            Ok(([(header::CONTENT_TYPE, "text/javascript")], b.clone()).into_response())
         }
         _ => Err(method_not_allowed()),
     }

@@ -116,7 +116,7 @@ def main():
     assert r.status_code == 200 and r.json()["proposalState"] == "Accepted", r.text
     assert get(f"/gov/members/proposals/{pid}").json()["proposalState"] == "Accepted"
     assert get(f"/gov/members/proposals/{pid}/actions").json()["actions"][0]["name"] == "transition_service_to_open"
-    assert get(f"/gov/members/proposals/{pid}/ballots/{members[1][2]}").json()["ballot"] == YES
+    assert get(f"/gov/members/proposals/{pid}/ballots/{members[1][2]}").text == YES
     assert get("/gov/service/info").json()["status"] == "Open"
     assert pid in [p["proposalId"] for p in get("/gov/members/proposals").json()["value"]]
 
