@@ -131,9 +131,7 @@ const PRELUDE: &str = r#"
     enc: g.__ccl_utf8_encode, dec: g.__ccl_utf8_decode, pemToId: g.__ccl_pem_to_id,
     validCert: g.__ccl_valid_cert, effect: g.__ccl_effect,
   };
-  for (const k of Object.keys(n)) delete g["__ccl_" + ({get: "kv_get", set: "kv_set", del: "kv_del",
-    entries: "kv_entries", enc: "utf8_encode", dec: "utf8_decode", pemToId: "pem_to_id",
-    validCert: "valid_cert", effect: "effect"})[k]];
+  for (const name of Object.keys(g)) if (name.startsWith("__ccl_")) delete g[name];
   const toArr = (b) => {
     if (b instanceof ArrayBuffer) return Array.from(new Uint8Array(b));
     if (ArrayBuffer.isView(b)) return Array.from(new Uint8Array(b.buffer, b.byteOffset, b.byteLength));

@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 pub const SERVICE_CERT: &str = "service_cert.pem";
 pub const NODE_CERT: &str = "node_cert.pem";
 pub const USER0: &str = "user0.pem";
-pub const MEMBER0: &str = "member0.pem";
 const SEALED: &str = "sealed.bin";
 const SEALING_KEY: &str = "sealing.key";
 /// Largest sealed file read.
