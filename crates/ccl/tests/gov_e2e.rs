@@ -256,29 +256,8 @@ fn a_consortium_of_three_governs_by_majority() {
 
     // All of it is on the ledger, which validates.
     stop(&mut node);
-    let out = ccl()
-        .args(["ledger", "verify"])
-        .arg(dir.join("ledger"))
-        .arg("--service-cert")
-        .arg(dir.join("service_cert.pem"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(python())
-        .args(["-m", "ccf.read_ledger"])
-        .arg(dir.join("ledger"))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "read_ledger.py failed:\n{text}");
+    let (stdout, stderr) = validate_data_dir(&dir, true);
+    let text = format!("{stdout}{stderr}");
     for table in [
         "public:ccf.gov.proposals_info",
         "public:ccf.gov.members.acks",

@@ -25,6 +25,39 @@ pub fn ccl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ccl"))
 }
 
+/// Checks a node's data directory with `ccl ledger verify` (against its service certificate) and
+/// with CCF's `read_ledger.py` (quiet, or dumping every table); both must succeed. Returns
+/// `read_ledger.py`'s stdout and stderr.
+pub fn validate_data_dir(data: &Path, dump_tables: bool) -> (String, String) {
+    let ledger = data.join("ledger");
+    let out = ccl()
+        .args(["ledger", "verify", "--service-cert"])
+        .arg(data.join("service_cert.pem"))
+        .arg(&ledger)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = Command::new(python());
+    cmd.args(["-m", "ccf.read_ledger"]);
+    if !dump_tables {
+        cmd.arg("-q");
+    }
+    let out = cmd.arg(&ledger).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "read_ledger.py failed:\n{stdout}{stderr}"
+    );
+    (stdout, stderr)
+}
+
 /// Starts `ccl start` on a free loopback port with its data in `dir` (log in `dir`.log), plus
 /// `extra` arguments; returns the process and its endpoint once it listens.
 pub fn spawn_node(dir: &Path, extra: &[&str]) -> (std::process::Child, String) {
