@@ -129,6 +129,16 @@ pub struct Connection {
     host: String,
 }
 
+/// A request to send unchanged ([`Connection::send_raw`]).
+#[derive(Debug)]
+pub struct RawRequest {
+    pub method: Method,
+    /// Path and query.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
 /// A successful response.
 #[derive(Debug)]
 pub struct Response {
@@ -185,6 +195,34 @@ impl Connection {
                     .to_string(),
             });
         }
+        Ok(Response {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// Sends a request as it is and returns the answer as it is, whatever its status (a node
+    /// forwarding a client's request to the primary).
+    pub async fn send_raw(&mut self, raw: RawRequest) -> Result<Response> {
+        let mut req = Request::builder()
+            .method(raw.method)
+            .uri(raw.path)
+            .header("host", &self.host);
+        for (k, v) in &raw.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req
+            .body(Full::new(Bytes::from(raw.body)))
+            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Unexpected(format!("response body: {e}")))?
+            .to_bytes();
         Ok(Response {
             status: parts.status,
             headers: parts.headers,

@@ -229,6 +229,13 @@ pub fn self_signed(key: &SigningKey, spec: &CertSpec) -> Result<Certificate> {
 }
 
 /// A certificate for `subject` issued (endorsed) by `issuer_key`, whose certificate is `issuer`.
+///
+/// Only the subject's *public* key is needed: this is how the service endorses a node that sent
+/// its key (in its self-signed certificate, or as a SubjectPublicKeyInfo via
+/// [`VerifyingKey::from_spki_der`]) without ever holding its private key. With
+/// [`CertKind::Node`] the result is the same RFC 5280-clean node certificate as a service's own
+/// node gets: not a CA, keyUsage digitalSignature, extendedKeyUsage serverAuth + clientAuth, the
+/// subject alternative names of `spec`, subject and authority key identifiers.
 pub fn issue(
     subject: &VerifyingKey,
     spec: &CertSpec,
@@ -305,6 +312,91 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn issue_certifies_a_key_known_only_by_its_spki() {
+        use x509_parser::extensions::{GeneralName, ParsedExtension};
+        for (issuer_curve, subject_curve) in [
+            (Curve::P384, Curve::P384),
+            (Curve::P384, Curve::P256),
+            (Curve::P256, Curve::P384),
+        ] {
+            let service_key = SigningKey::generate(issuer_curve).unwrap();
+            let service = self_signed(&service_key, &spec(CertKind::Ca)).unwrap();
+            // The issuer sees only the node's SubjectPublicKeyInfo.
+            let spki = SigningKey::generate(subject_curve)
+                .unwrap()
+                .verifying_key()
+                .spki_der();
+            let node_key = VerifyingKey::from_spki_der(&spki).unwrap();
+            let node = issue(&node_key, &spec(CertKind::Node), &service_key, &service).unwrap();
+            node.verify_issued_by(&service).unwrap();
+            assert_eq!(node.public_key().unwrap(), node_key);
+            assert_eq!(node.spki_der(), &spki[..]);
+            assert!(!node.is_ca());
+
+            // RFC 5280: issuer name, key identifiers, usages, names.
+            let (_, x) = X509Certificate::from_der(node.der()).unwrap();
+            let (_, ca) = X509Certificate::from_der(service.der()).unwrap();
+            assert_eq!(x.issuer(), ca.subject());
+            assert_eq!(x.version(), x509_parser::x509::X509Version::V3);
+            let bc = x.basic_constraints().unwrap().unwrap();
+            assert!(!bc.value.ca);
+            let ku = x.key_usage().unwrap().unwrap();
+            assert!(ku.value.digital_signature() && !ku.value.key_cert_sign());
+            let eku = x.extended_key_usage().unwrap().unwrap();
+            assert!(eku.value.server_auth && eku.value.client_auth);
+            let san = x.subject_alternative_name().unwrap().unwrap();
+            assert!(
+                san.value
+                    .general_names
+                    .contains(&GeneralName::DNSName("localhost"))
+            );
+            assert!(
+                san.value
+                    .general_names
+                    .contains(&GeneralName::IPAddress(&[127, 0, 0, 1]))
+            );
+            let ski_of = |c: &X509Certificate<'_>| {
+                c.extensions()
+                    .iter()
+                    .find_map(|e| match e.parsed_extension() {
+                        ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+                        _ => None,
+                    })
+            };
+            let aki = x
+                .extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::AuthorityKeyIdentifier(a) => {
+                        a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                    }
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(Some(aki), ski_of(&ca));
+            assert!(ski_of(&x).is_some());
+            let sig = x.signature_algorithm.algorithm.clone();
+            let expected = match issuer_curve {
+                Curve::P256 => oid_registry::OID_SIG_ECDSA_WITH_SHA256,
+                Curve::P384 => oid_registry::OID_SIG_ECDSA_WITH_SHA384,
+            };
+            assert_eq!(sig, expected);
+
+            // Another key: another certificate, which does not carry this key.
+            let other_key = SigningKey::generate(subject_curve).unwrap().verifying_key();
+            let other = issue(&other_key, &spec(CertKind::Node), &service_key, &service).unwrap();
+            other.verify_issued_by(&service).unwrap();
+            assert_ne!(other.der(), node.der());
+            assert_ne!(other.spki_der(), node.spki_der());
+            assert_eq!(other.public_key().unwrap(), other_key);
+            // The same key twice: two certificates (fresh serials), same key.
+            let again = issue(&node_key, &spec(CertKind::Node), &service_key, &service).unwrap();
+            assert_ne!(again.der(), node.der());
+            assert_eq!(again.spki_der(), node.spki_der());
+        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl HashAlg {
 }
 
 #[derive(Clone)]
-enum SigningInner {
+pub(crate) enum SigningInner {
     P256(p256::ecdsa::SigningKey),
     P384(p384::ecdsa::SigningKey),
 }
@@ -59,7 +59,7 @@ enum SigningInner {
 /// A private ECDSA key. Its `Debug` output never shows the key.
 #[derive(Clone)]
 pub struct SigningKey {
-    inner: SigningInner,
+    pub(crate) inner: SigningInner,
     /// The same key in ring, for signatures over messages (faster than the pure-Rust curves);
     /// built on first use. `None` inside when ring cannot load it.
     ring: std::sync::Arc<std::sync::OnceLock<Option<ring::signature::EcdsaKeyPair>>>,

@@ -8,13 +8,15 @@
 //!   pre-hashed digest (CCF signs Merkle roots that way);
 //! - [`cert`]: X.509 certificates: generation (service CA, endorsed node certificates,
 //!   identities), parsing and endorsement checks;
-//! - [`cose`]: COSE Sign1 messages (root signatures, governance requests).
+//! - [`cose`]: COSE Sign1 messages (root signatures, governance requests);
+//! - [`ecies`]: encryption to an ECDSA key's holder (ledger secrets for a joining node).
 //!
 //! This crate is pure: no file or network I/O and no async runtime.
 
 pub mod aead;
 pub mod cert;
 pub mod cose;
+pub mod ecies;
 pub mod hash;
 pub mod keys;
 
@@ -37,6 +39,8 @@ pub enum CryptoError {
     InvalidCose(String),
     #[error("decryption failed (wrong key, or the data or its authenticated header was altered)")]
     DecryptionFailed,
+    #[error("input too large: {0}")]
+    TooLarge(String),
     #[error("certificate generation failed: {0}")]
     Generation(String),
     #[error("random number generator failure")]

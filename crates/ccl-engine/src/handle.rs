@@ -415,6 +415,11 @@ impl EngineHandle {
     }
 
     /// Reads back the transaction at `seqno` from the ledger, private maps decrypted.
+    /// The bytes of ledger entry `seqno`, as written (consensus ships them to other replicas).
+    pub fn raw_entry(&self, seqno: u64) -> Result<Vec<u8>, EngineError> {
+        Ok(self.shared.reader.read_entry(seqno)?)
+    }
+
     pub fn read_transaction(&self, seqno: u64) -> Result<HistoricalTx, EngineError> {
         if seqno == 0 || seqno > self.last_seqno() || seqno < self.shared.first_seqno {
             return Err(EngineError::NotFound(seqno));

@@ -23,7 +23,7 @@ pub use handle::{EngineHandle, HistoricalTx, ReceiptData, TxStatus};
 pub use identity::Identity;
 
 use ccl_crypto::{Digest32, cose, sha256};
-use ccl_ledger::entry::{MapWrites, TxMeta, encode_transaction};
+use ccl_ledger::entry::{Entry, MapWrites, TxMeta, decode_maps, encode_transaction};
 use ccl_ledger::ledger::{Ledger, LedgerError, SyncHandle};
 use ccl_ledger::merkle::MerkleError;
 use ccl_ledger::secrets::{LedgerSecret, LedgerSecrets};
@@ -126,7 +126,15 @@ pub struct Engine {
     buf: Vec<u8>,
     pending_snapshots: Vec<PendingSnapshot>,
     last_snapshot_seqno: u64,
+    /// Entries this node executed (as primary) that consensus has not taken yet: the first
+    /// one's seqno, and their bytes, in order.
+    outbox_first: u64,
+    outbox: Vec<Vec<u8>>,
 }
+
+/// Entry header flag (CCF's `FORCE_LEDGER_CHUNK_AFTER`): the ledger chunk ends after this
+/// entry, on every replica.
+pub const FLAG_FORCE_CHUNK_AFTER: u8 = 0x01;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -241,11 +249,137 @@ impl Engine {
         self.last_sig_seqno
     }
 
-    /// Moves to a new view (a new term: after an election).
+    /// Moves to a new view (a new term: after an election). A view may go back only after a
+    /// rollback, never below the view of the last transaction kept.
     pub fn set_view(&mut self, view: u64) {
-        assert!(view >= self.view && view <= ccl_ledger::txid::MAX_VIEW);
+        let last_view = self.shared.view_of(self.last_seqno()).unwrap_or(0);
+        assert!(view >= last_view && view <= ccl_ledger::txid::MAX_VIEW);
         self.view = view;
         self.shared.current_view.store(view, Ordering::Release);
+    }
+
+    /// Takes the entries executed here since the last call: the first one's seqno and their
+    /// bytes (consensus replicates them).
+    pub fn take_outbox(&mut self) -> Option<(u64, Vec<Vec<u8>>)> {
+        if self.outbox.is_empty() {
+            return None;
+        }
+        let first = self.outbox_first;
+        let entries = std::mem::take(&mut self.outbox);
+        self.outbox_first = first + entries.len() as u64;
+        Some((first, entries))
+    }
+
+    /// Whether the outbox holds exactly the entries after `seqno` (none were taken and lost).
+    pub fn outbox_follows(&self, seqno: u64) -> bool {
+        self.outbox_first == seqno + 1
+            && self.outbox_first + self.outbox.len() as u64 == self.last_seqno() + 1
+    }
+
+    /// Puts the entries after `seqno` back in the outbox (from the ledger), for a node whose
+    /// consensus log never took them (a new service restarted before its first proposal).
+    pub fn requeue_after(&mut self, seqno: u64) -> Result<(), EngineError> {
+        self.ledger.sync()?;
+        let reader = self.handle();
+        let mut out = Vec::new();
+        for s in seqno + 1..=self.last_seqno() {
+            out.push(reader.raw_entry(s)?);
+        }
+        self.outbox_first = seqno + 1;
+        self.outbox = out;
+        Ok(())
+    }
+
+    /// Appends an entry that another replica (the primary) executed: checks that it follows
+    /// the last one, decrypts it, applies its writes to the store, writes its bytes unchanged to
+    /// the ledger and its leaf to the Merkle tree. A signature transaction must sign the root this
+    /// replica computed, with the key of a node certificate the service endorsed.
+    pub fn append_replicated(&mut self, bytes: &[u8]) -> Result<TxId, EngineError> {
+        let seqno = self.last_seqno() + 1;
+        let bad = |m: String| EngineError::Invalid(format!("replicated entry {seqno}: {m}"));
+        let (e, len) = Entry::parse(bytes).map_err(|e| bad(e.to_string()))?;
+        if len != bytes.len() {
+            return Err(bad("trailing bytes after the entry".into()));
+        }
+        let last_view = self.shared.view_of(self.last_seqno()).unwrap_or(0);
+        if e.txid.seqno != seqno || e.txid.view < last_view || e.is_snapshot {
+            return Err(bad(format!(
+                "has transaction id {} after {}.{}",
+                e.txid,
+                last_view,
+                seqno - 1
+            )));
+        }
+        let pd = e.public_domain().map_err(|e| bad(e.to_string()))?;
+        let mut maps = Vec::new();
+        let mut signature = None;
+        for m in pd.map_iter() {
+            let m = m.map_err(|e| bad(e.to_string()))?;
+            if m.name == tables::SIGNATURES {
+                let (_, v) = m
+                    .writes
+                    .first()
+                    .ok_or_else(|| bad("empty signatures map".into()))?;
+                let ps: PrimarySignature =
+                    serde_json::from_slice(v).map_err(|e| bad(e.to_string()))?;
+                signature = Some(ps);
+            }
+            maps.push(m);
+        }
+        let plain = {
+            let secrets = self
+                .shared
+                .secrets
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            let secret = secrets
+                .for_seqno(seqno)
+                .ok_or_else(|| bad("no ledger secret for it".into()))?;
+            e.decrypt_private(secret.aead())
+                .map_err(|_| bad("fails its integrity check".into()))?
+        };
+        maps.extend(decode_maps(&plain).map_err(|e| bad(e.to_string()))?);
+        if let Some(ps) = &signature {
+            self.check_signature(ps, e.txid)?;
+        }
+        if e.txid.view != self.view {
+            self.set_view(e.txid.view);
+        }
+        self.store.apply(seqno, &maps);
+        let leaf = pd.leaf(&e.write_set_digest());
+        let end_chunk = e.flags & FLAG_FORCE_CHUNK_AFTER != 0;
+        drop(maps);
+        self.record_entry(
+            seqno,
+            bytes,
+            leaf,
+            signature.is_some().then_some(end_chunk),
+        )?;
+        Ok(e.txid)
+    }
+
+    /// A replicated signature must sign this replica's root, by a node the service endorsed.
+    fn check_signature(&self, ps: &PrimarySignature, txid: TxId) -> Result<(), EngineError> {
+        let bad = |m: &str| EngineError::Invalid(format!("signature transaction {txid}: {m}"));
+        if ps.seqno != txid.seqno || ps.view != txid.view {
+            return Err(bad("names another transaction"));
+        }
+        let root = self.root();
+        if ps.root != hex::encode(root) {
+            return Err(bad(
+                "signs a Merkle root other than this replica's: the replicas diverge",
+            ));
+        }
+        let cert = ccl_crypto::cert::Certificate::from_pem(&ps.cert)
+            .map_err(|_| bad("node certificate does not parse"))?;
+        cert.verify_issued_by(&self.identity.service_cert)
+            .map_err(|_| bad("node certificate is not endorsed by the service"))?;
+        let sig = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &ps.sig)
+            .map_err(|_| bad("signature is not base64"))?;
+        cert.public_key()
+            .and_then(|k| k.verify_prehashed(&root, &sig))
+            .map_err(|_| bad("node signature does not verify"))?;
+        Ok(())
     }
 
     /// Commits a transaction: validates it, assigns it the next seqno, writes its ledger entry and
@@ -291,19 +425,40 @@ impl Engine {
             claims_digest,
             commit_evidence_digest: secret.commit_evidence_digest(txid),
             max_conflict_version: seqno as i64 - 1,
-            flags: 0,
+            flags: if signature == Some(true) {
+                FLAG_FORCE_CHUNK_AFTER
+            } else {
+                0
+            },
         };
-        self.buf.clear();
-        encode_transaction(&mut self.buf, &meta, maps, secret.aead());
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        encode_transaction(&mut buf, &meta, maps, secret.aead());
         drop(secrets);
-        let ws = sha256(&self.buf);
+        let ws = sha256(&buf);
         let leaf = ccl_crypto::sha256_parts(&[&ws, &meta.commit_evidence_digest, &claims_digest]);
-        self.ledger.append(
-            seqno,
-            &self.buf,
-            signature.is_some(),
-            signature == Some(true),
-        )?;
+        let r = self.record_entry(seqno, &buf, leaf, signature);
+        if r.is_ok() {
+            if self.outbox.is_empty() {
+                self.outbox_first = seqno;
+            }
+            self.outbox.push(buf.clone());
+        }
+        self.buf = buf;
+        r.map(|()| txid)
+    }
+
+    /// Writes an entry's bytes to the ledger and its leaf to the tree, and notes its view and
+    /// whether it is a signature (`Some(end_chunk)`).
+    fn record_entry(
+        &mut self,
+        seqno: u64,
+        bytes: &[u8],
+        leaf: Digest32,
+        signature: Option<bool>,
+    ) -> Result<(), EngineError> {
+        self.ledger
+            .append(seqno, bytes, signature.is_some(), signature == Some(true))?;
         self.shared
             .tree
             .lock()
@@ -319,7 +474,7 @@ impl Engine {
         } else {
             self.txs_since_sig += 1;
         }
-        Ok(txid)
+        Ok(())
     }
 
     /// Whether a signature is due (enough transactions, or enough time with unsigned ones).
@@ -576,6 +731,8 @@ impl Engine {
         self.last_sig_seqno = self.shared.last_signature_at_or_before(seqno);
         self.pending_snapshots.retain(|p| p.evidence_seqno <= seqno);
         self.txs_since_sig = seqno - self.last_sig_seqno;
+        let keep = (seqno + 1).saturating_sub(self.outbox_first) as usize;
+        self.outbox.truncate(keep);
         Ok(())
     }
 
@@ -617,6 +774,14 @@ impl Engine {
             .flush()?;
         Ok(last)
     }
+}
+
+/// The latest committed snapshot file in the data directory `dir`: its name and bytes (the
+/// snapshot and its receipt).
+pub fn latest_committed_snapshot(
+    dir: &Path,
+) -> Result<Option<(SnapshotName, Vec<u8>)>, EngineError> {
+    handle::latest_snapshot(&dir.join(SNAPSHOTS_DIR), u64::MAX)
 }
 
 pub(crate) fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {

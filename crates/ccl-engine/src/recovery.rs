@@ -42,6 +42,13 @@ pub(crate) fn open(
     if let Some((bytes, reason)) = &report.truncated {
         tracing::warn!(bytes, %reason, "cut the ledger's torn tail");
     }
+    let mut ledger = ledger;
+    if ledger.last_seqno() == 0
+        && let Some((n, _)) = latest_snapshot(&dir.join(SNAPSHOTS_DIR), u64::MAX)?
+    {
+        // A node that joined from a snapshot: its ledger starts after it.
+        ledger.set_start(n.seqno + 1);
+    }
     let first = ledger.first_seqno();
     let last = ledger.last_seqno();
     let reader = ledger.reader();
@@ -243,6 +250,8 @@ pub(crate) fn open(
         buf: Vec::new(),
         pending_snapshots: Vec::new(),
         last_snapshot_seqno,
+        outbox_first: last + 1,
+        outbox: Vec::new(),
     })
 }
 

@@ -435,15 +435,31 @@ impl MerkleTree {
     /// append as needed.
     pub fn with_store(store: Box<dyn NodeStore>) -> Result<Self, MerkleError> {
         let base = store.start(0);
-        // Largest n such that every level k holds nodes up to n >> k.
         let mut n = store.end(0);
-        for k in 1..LEVELS as u32 {
-            if n >> k == 0 {
-                break;
+        if base > 0 {
+            // A tree that was started from a frontier: usable as stored if every peak of its
+            // size is there and no non-empty level lags; otherwise empty (the caller rebuilds it
+            // from its snapshot's frontier and the ledger).
+            let usable = (0..LEVELS as u32).all(|k| {
+                let need = n >> k;
+                let (start, end) = (store.start(k), store.end(k));
+                let peak_ok = need & 1 == 0 || (start < need && need <= end);
+                let level_empty = start == 0 && end == 0;
+                peak_ok && (level_empty || end >= need || need == 0)
+            });
+            if !usable {
+                n = 0;
             }
-            let have = store.end(k);
-            if have < n >> k {
-                n = n.min(((have + 1) << k) - 1);
+        } else {
+            // Largest n such that every level k holds nodes up to n >> k.
+            for k in 1..LEVELS as u32 {
+                if n >> k == 0 {
+                    break;
+                }
+                let have = store.end(k);
+                if have < n >> k {
+                    n = n.min(((have + 1) << k) - 1);
+                }
             }
         }
         let mut t = MerkleTree {
@@ -781,7 +797,38 @@ mod tests {
         assert!(Frontier::from_bytes(&[1, 0, 0, 0, 0, 0, 0, 0]).is_none());
     }
 
-    proptest! {
+#[test]
+    fn a_tree_started_from_a_frontier_reopens_from_its_files() {
+        let ls = leaves(400);
+        for start in [157u64, 256, 2617 % 400, 301] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut full = MerkleTree::in_memory();
+            for l in &ls[..start as usize] {
+                full.append(*l).unwrap();
+            }
+            let f = full.frontier().clone();
+            let store = FileNodeStore::open(dir.path(), 4).unwrap();
+            let mut t = MerkleTree::from_frontier(f, Box::new(store)).unwrap();
+            for l in &ls[start as usize..] {
+                full.append(*l).unwrap();
+                t.append(*l).unwrap();
+            }
+            t.flush().unwrap();
+            drop(t);
+            let mut again =
+                MerkleTree::with_store(Box::new(FileNodeStore::open(dir.path(), 4).unwrap())).unwrap();
+            assert_eq!(again.len(), 400, "start {start}");
+            assert_eq!(again.root(), full.root());
+            for i in start..400 {
+                assert_eq!(again.proof(i, 400).unwrap(), full.proof(i, 400).unwrap());
+            }
+            again.append(ls[0]).unwrap();
+            full.append(ls[0]).unwrap();
+            assert_eq!(again.root(), full.root());
+        }
+    }
+
+        proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
         fn root_preimage_hashes_to_the_root(n in 1usize..300) {

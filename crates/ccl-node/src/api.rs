@@ -31,11 +31,19 @@ pub const MAX_COLLECTIONS: usize = 5000;
 pub const PAGE_SIZE: usize = 1000;
 /// Longest user id accepted.
 pub const MAX_USER_ID: usize = 256;
+/// Most transactions the primary holds uncommitted: beyond it, writes are refused with 503 and
+/// `Retry-After` until replication catches up (the window a leader change can roll back stays
+/// bounded).
+pub const MAX_UNCOMMITTED_TXS: u64 = 20_000;
+/// Largest request body a backup forwards to the primary (governance proposals included).
+pub const MAX_FORWARDED_BODY: usize = 2 << 20;
 
 /// Who is calling: the id of the TLS client certificate (hex SHA-256 of its DER), if any.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub cert_id: Option<String>,
+    /// The certificate itself (DER), when the caller presented one on this connection.
+    pub cert: Option<Arc<Vec<u8>>>,
 }
 
 /// Roles of Azure Confidential Ledger users.
@@ -296,6 +304,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/node/tx", get(node_tx))
         .route("/node/metrics", get(node_metrics))
         .route("/node/api", get(node_api))
+        .route("/node/join", post(crate::join::join))
+        .route(
+            ccl_consensus::RPC_APPEND,
+            post(crate::replication::rpc_append)
+                .layer(axum::extract::DefaultBodyLimit::max(ccl_consensus::MAX_RPC_BYTES)),
+        )
+        .route(ccl_consensus::RPC_VOTE, post(crate::replication::rpc_vote))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -303,6 +318,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 "no such endpoint",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            crate::replication::route_writes,
+        ))
         .with_state(shared)
 }
 
@@ -315,6 +334,19 @@ async fn write_entry(
 ) -> ApiResult {
     app_prologue(&shared, &caller, &q, Policy::User(Role::Contributor))?;
     let v = json_body(&headers, &body, &["application/json"])?;
+    if shared.handle.last_seqno() - shared.handle.committed_seqno() > MAX_UNCOMMITTED_TXS {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TooManyPendingTransactions",
+            format!(
+                "more than {MAX_UNCOMMITTED_TXS} transactions wait for replication: retry shortly"
+            ),
+        )
+        .into_response();
+        e.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+        return Ok(e);
+    }
     let contents = v
         .get("contents")
         .and_then(Value::as_str)
@@ -586,11 +618,31 @@ async fn node_commit(State(shared): State<Arc<Shared>>) -> ApiResult {
 }
 
 async fn node_network(State(shared): State<Arc<Shared>>) -> ApiResult {
+    let mut nodes = Vec::new();
+    let mut primary = None;
+    if let Some(raft) = shared.raft.get() {
+        let m = raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        for (id, addr) in membership.nodes() {
+            nodes.push(json!({
+                "node_id": addr.node_id,
+                "rpc_address": addr.rpc_address,
+                "voter": voters.contains(id),
+            }));
+        }
+        primary = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|a| a.node_id.clone()));
+    }
     Ok(json_response(json!({
         "service_certificate": shared.service_cert_pem,
         "service_status": shared.service_info().map(|i| i.status).map_err(ApiError::internal)?,
         "current_view": shared.handle.current_view(),
-        "primary_id": shared.node_id,
+        "primary_id": primary,
+        "node_id": shared.node_id,
+        "is_primary": shared.is_primary(),
+        "nodes": nodes,
     })))
 }
 
@@ -916,6 +968,13 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/node/tx", "Anyone"),
     ("get", "/node/metrics", "Anyone"),
     ("get", "/node/api", "Anyone"),
+    (
+        "post",
+        "/node/join",
+        "Joining node (TLS client certificate = its node_cert; attestation evidence checked)",
+    ),
+    ("post", "/internal/raft/append", "Trusted node (service-endorsed certificate)"),
+    ("post", "/internal/raft/vote", "Trusted node (service-endorsed certificate)"),
 ];
 
 async fn node_tx(

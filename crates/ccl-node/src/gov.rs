@@ -66,9 +66,18 @@ pub fn transact<R>(
     let root = e.root();
     let mut tx = e.store().begin();
     let (r, effects) = f(&mut tx, &root)?;
+    if effects.rekey && shared.network_size() > 1 {
+        // Backups could not decrypt entries under a secret they were never given; handing new
+        // secrets to every node through the ledger is issue 6's.
+        return Err(ApiError::bad(
+            "RekeyNotSupported",
+            "trigger_ledger_rekey is not supported yet on a network of several nodes",
+        ));
+    }
     if effects.open_service {
         open_service(&mut tx)?;
     }
+    crate::join::endorse_trusted_nodes(&mut tx, e.identity())?;
     e.commit(tx, None).map_err(ApiError::internal)?;
     if effects.rekey {
         use ccl_ledger::secrets::LedgerSecret;

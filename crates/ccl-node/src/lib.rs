@@ -1,18 +1,24 @@
-//! ccl's node: the engine behind HTTPS.
+//! ccl's node: the engine behind HTTPS, replicated by Raft.
 //!
-//! One engine per node, behind a mutex: request handlers commit transactions into it (cheap: no
-//! I/O), and a committer task writes signatures when due, fsyncs outside the lock (group commit:
-//! one fsync for every transaction since the last) and then marks what is durable as committed.
+//! One engine per node, behind a mutex. On the primary, request handlers execute transactions
+//! in it (cheap: no I/O); the proposer ([`ccl_consensus::proposer`]) writes signatures when due
+//! and hands new entries to Raft, which makes them durable on a majority (group commit: one fsync
+//! per batch) and then commits them. A backup forwards writes to the primary and serves reads
+//! from its own copy.
 
 pub mod api;
 pub mod gov;
 pub mod init;
+pub mod join;
+pub mod replication;
 pub mod tls;
 
+use ccl_consensus::Raft;
+use ccl_consensus::log::Replica;
 use ccl_engine::{Engine, EngineConfig, EngineHandle};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Maps of the service (everything is a map, so the ledger is the audit).
@@ -38,8 +44,8 @@ pub mod maps {
 
 /// Default address `ccl start` listens on.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
-/// How often the committer looks for work.
-pub const COMMIT_TICK: Duration = Duration::from_millis(1);
+/// At shutdown, how long the primary waits for its last signature to commit.
+pub const SHUTDOWN_COMMIT_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -56,7 +62,20 @@ pub struct NodeConfig {
     /// members acknowledge and vote `transition_service_to_open`, signed with their keys, on the
     /// ledger like any vote). Otherwise it stays Opening until its members open it.
     pub auto_open: bool,
+    /// The `host:port` other nodes reach this one at (default: the listen address).
+    pub rpc_address: Option<String>,
 }
+
+impl NodeConfig {
+    pub fn rpc_address(&self) -> String {
+        self.rpc_address
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+/// Node certificates whose endorsement check is remembered.
+pub const MAX_CACHED_NODE_CERTS: usize = 1024;
 
 /// Most members a service starts with.
 pub const MAX_INITIAL_MEMBERS: usize = 100;
@@ -75,11 +94,23 @@ pub enum NodeError {
     Tx(#[from] ccl_store::TxError),
     #[error("{0}")]
     Config(String),
+    #[error("consensus: {0}")]
+    Consensus(String),
 }
 
 /// What the node shares with its request handlers.
 pub struct Shared {
-    pub engine: Mutex<Engine>,
+    pub engine: Arc<Mutex<Engine>>,
+    /// Raft's view of the engine (log and state machine).
+    pub replica: Arc<Replica>,
+    /// Raft, once [`serve`] started it.
+    pub raft: OnceLock<Raft>,
+    /// This node's Raft id.
+    pub raft_id: u64,
+    /// Certificate ids of nodes already checked: certificate id -> node id.
+    pub node_certs: Mutex<std::collections::HashMap<String, String>>,
+    /// Connections to the primary, for forwarded writes.
+    pub forwarder: replication::Forwarder,
     pub handle: EngineHandle,
     pub service_cert_pem: String,
     pub node_id: String,
@@ -106,6 +137,25 @@ impl Shared {
     /// Whether the service is Open (users may use it).
     pub fn is_open(&self) -> bool {
         self.open.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether this node is the primary (executes writes).
+    pub fn is_primary(&self) -> bool {
+        self.raft
+            .get()
+            .is_some_and(|r| ccl_consensus::proposer::is_primary(&self.replica, r, self.raft_id))
+    }
+
+    /// Nodes in Raft's membership (voters and learners); 1 before Raft starts.
+    pub fn network_size(&self) -> usize {
+        self.raft.get().map_or(1, |r| {
+            r.metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .nodes()
+                .count()
+        })
     }
 
     /// Re-reads the service status after a change.
@@ -140,10 +190,7 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
     let dir = &cfg.data_dir;
     let (engine, created) = if init::exists(dir) {
         let (identity, secrets) = init::load(dir)?;
-        let mut e = Engine::open(dir, cfg.engine.clone(), identity, secrets)?;
-        // A restart is a new term: later transactions cannot be confused with lost ones.
-        let v = e.view() + 1;
-        e.set_view(v);
+        let e = Engine::open(dir, cfg.engine.clone(), identity, secrets)?;
         (e, None)
     } else {
         if cfg.generated_members + cfg.member_certs.len() == 0
@@ -157,6 +204,7 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
             ccl_gov::cert_id(pem)
                 .map_err(|e| NodeError::Config(format!("member certificate: {e}")))?;
         }
+        let measurement = join::own_measurement()?;
         let (identity, secret, created) = init::create(dir, &names, cfg.generated_members)?;
         let user_key = hex::encode(ccl_crypto::sha256(created.user0_cert.der()));
         let user_cert = created.user0_cert.pem();
@@ -180,6 +228,12 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
             if let Err(e) = ccl_gov::set_constitution(tx, ccl_gov::DEFAULT_CONSTITUTION) {
                 gov_error = Some(e);
             }
+            // Nodes running this very binary may join (virtual platform).
+            tx.put(
+                join::VIRTUAL_MEASUREMENTS,
+                hex::encode(measurement).as_bytes(),
+                b"\"AllowedToJoin\"",
+            )?;
             Ok(())
         })?;
         if let Some(err) = gov_error {
@@ -187,11 +241,28 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
         }
         (e, Some(created))
     };
+    let node_id = engine.identity().node_id();
+    let raft_id = ccl_consensus::raft_id(&node_id)
+        .ok_or_else(|| NodeError::Config("node id is not hex".into()))?;
+    let handle = engine.handle();
+    let service_cert_pem = engine.identity().service_cert.pem();
+    let identity_pem = format!(
+        "{}{}",
+        engine.identity().node_cert.pem(),
+        &*engine.identity().node_key.to_pkcs8_pem()
+    );
+    let engine = Arc::new(Mutex::new(engine));
+    let replica = Replica::open(engine.clone(), dir)?;
     let shared = Arc::new(Shared {
-        handle: engine.handle(),
-        service_cert_pem: engine.identity().service_cert.pem(),
-        node_id: engine.identity().node_id(),
-        engine: Mutex::new(engine),
+        handle,
+        forwarder: replication::Forwarder::new(service_cert_pem.clone(), identity_pem),
+        service_cert_pem,
+        node_id,
+        engine,
+        replica,
+        raft: OnceLock::new(),
+        raft_id,
+        node_certs: Mutex::new(Default::default()),
         started: Instant::now(),
         data_dir: dir.to_path_buf(),
         open: Default::default(),
@@ -202,13 +273,6 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
         && cfg.member_certs.is_empty()
     {
         open_by_members(&shared, &c.members)?;
-    }
-    // Everything recovered (or the genesis) is durable: commit it before serving.
-    {
-        let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
-        e.emit_signature()?;
-        let s = e.sync()?;
-        e.commit_up_to(s)?;
     }
     Ok((shared, created))
 }
@@ -258,7 +322,41 @@ fn open_by_members(
         .map_err(gov_err)?;
     }
     let proposal = r#"{"actions":[{"name":"transition_service_to_open","args":{}}]}"#;
-    let req = sign(&members[0], msg::PROPOSAL, None, proposal)?;
+    let state = propose_and_approve(shared, members, proposal)?;
+    if !shared.is_open() {
+        return Err(NodeError::Config(format!(
+            "the service did not open: the proposal is {state:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// A proposal by the first of `members`, and a ballot in favour by each until it is decided;
+/// every step a signed request on the ledger, as if sent over HTTP (development networks whose
+/// members' keys are at hand). Returns the proposal's final state.
+pub fn propose_and_approve(
+    shared: &Shared,
+    members: &[(
+        String,
+        ccl_crypto::cert::Certificate,
+        ccl_crypto::keys::SigningKey,
+    )],
+    proposal: &str,
+) -> Result<ccl_gov::ProposalState, NodeError> {
+    use ccl_gov::{msg, request::verify};
+    let gov_err = |e: api::ApiError| NodeError::Config(format!("governance: {e:?}"));
+    let now = ccl_crypto::cert::now_unix;
+    let sign = |(id, _, key): &(String, _, ccl_crypto::keys::SigningKey),
+                ty: &str,
+                pid: Option<&str>,
+                payload: &str| {
+        ccl_gov::sign_request(key, id, ty, pid, now(), payload.as_bytes())
+            .map_err(|e| NodeError::Config(e.to_string()))
+    };
+    let first = members
+        .first()
+        .ok_or_else(|| NodeError::Config("no member to propose".into()))?;
+    let req = sign(first, msg::PROPOSAL, None, proposal)?;
     let mut out = gov::transact(shared, |tx, root| {
         let s = verify(tx, &req, msg::PROPOSAL, None, now())?;
         ccl_gov::propose(tx, &s, &req, root).map(gov::with_effects)
@@ -277,29 +375,22 @@ fn open_by_members(
         })
         .map_err(gov_err)?;
     }
-    if !shared.is_open() {
-        return Err(NodeError::Config(format!(
-            "the service did not open: the proposal is {:?}",
-            out.info.state
-        )));
-    }
-    Ok(())
+    Ok(out.info.state)
 }
 
-/// One round of the committer: a signature if due, fsync outside the lock, commit.
-pub fn commit_round(shared: &Shared) -> Result<bool, NodeError> {
-    let handle = {
-        let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
-        if e.last_seqno() == e.committed_seqno() {
-            return Ok(false);
-        }
-        e.maybe_emit_signature(Instant::now())?;
-        e.sync_handle()?
+/// Nodes waiting to join (Pending in the nodes map): their ids.
+pub fn pending_nodes(shared: &Shared) -> Vec<String> {
+    let state = shared.handle.store().state();
+    let Some(m) = state.map(ccl_ledger::tables::NODES) else {
+        return Vec::new();
     };
-    let durable = handle.sync()?;
-    let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
-    e.commit_up_to(durable)?;
-    Ok(true)
+    m.iter()
+        .filter(|(_, v)| {
+            serde_json::from_slice::<ccl_ledger::tables::NodeInfo>(&v.value)
+                .is_ok_and(|i| i.status == ccl_ledger::tables::NodeStatus::Pending)
+        })
+        .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+        .collect()
 }
 
 /// Runs the node until `shutdown` resolves; then writes a final signature and syncs.
@@ -318,24 +409,8 @@ pub async fn serve(
         )
     };
     let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(chain, &key)?);
-    let _ = cfg;
+    let tasks = replication::start(&shared, &cfg).await?;
     let app = api::router(shared.clone());
-    let committer = {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(COMMIT_TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let s = shared.clone();
-                match tokio::task::spawn_blocking(move || commit_round(&s)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "committer"),
-                    Err(e) => tracing::error!(error = %e, "committer task"),
-                }
-            }
-        })
-    };
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -353,8 +428,10 @@ pub async fn serve(
                         Ok(Err(e)) => { tracing::debug!(%peer, error = %e, "TLS handshake"); return; }
                         Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); return; }
                     };
+                    let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.to_vec()));
                     let caller = api::Caller {
-                        cert_id: stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| hex::encode(ccl_crypto::sha256(c))),
+                        cert_id: cert.as_ref().map(|c| hex::encode(ccl_crypto::sha256(c))),
+                        cert,
                     };
                     let svc = hyper_util::service::TowerToHyperService::new(
                         tower::ServiceBuilder::new().layer(axum::Extension(caller)).service(app),
@@ -367,15 +444,6 @@ pub async fn serve(
             }
         }
     }
-    committer.abort();
-    let shared2 = shared.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
-        let mut e = shared2.engine.lock().unwrap_or_else(|p| p.into_inner());
-        let last = e.finish()?;
-        e.commit_up_to(last)?;
-        Ok(())
-    })
-    .await
-    .map_err(|e| std::io::Error::other(e.to_string()))??;
+    replication::stop(&shared, tasks).await;
     Ok(())
 }

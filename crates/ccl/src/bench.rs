@@ -57,6 +57,40 @@ enum What {
         #[arg(long, default_value = "ccl-bench-api.json")]
         report: PathBuf,
     },
+    /// Committed writes on a local network (`ccl start --nodes N`, one process per node),
+    /// side by side with an etcd cluster (--etcd): N clients writing entries back to back;
+    /// latency from sending a write to seeing its commit (ccl: the primary's /node/commit,
+    /// polled every ms; etcd: the put's answer, which follows its commit). scripts/bench-etcd
+    /// starts a 3-member etcd and runs this.
+    Network {
+        /// Nodes of the ccl network.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Concurrent clients (one connection each); several values run one after another.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Bytes per entry (ccl: the entry's contents; etcd: the value).
+        #[arg(long, default_value_t = 1024)]
+        payload: usize,
+        /// Where ccl's clients connect: all (spread over every node, backups first: backups
+        /// forward writes to the primary), primary, or both (all,primary; ratios use the first).
+        #[arg(long, value_delimiter = ',', default_value = "all,primary")]
+        to: Vec<crate::bench_net::To>,
+        /// etcd client URLs (http://host:port,...): the same runs against etcd, clients spread
+        /// over them.
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// An extra argument for `ccl start --nodes N` (repeatable), e.g.
+        /// --start-arg=--signature-interval-ms=20.
+        #[arg(long = "start-arg", allow_hyphen_values = true)]
+        start_args: Vec<String>,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "ccl-bench-network.json")]
+        report: PathBuf,
+    },
     /// `ccl ledger verify` beside single-core SHA-256 and CCF's read_ledger.py.
     Verify {
         /// Size of the ledger to build, in MB.
@@ -94,6 +128,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
             seconds,
             report,
         } => crate::bench_api::run(&dir, &clients, seconds, &report),
+        What::Network {
+            nodes,
+            clients,
+            seconds,
+            payload,
+            to,
+            etcd,
+            start_args,
+            report,
+        } => crate::bench_net::run(
+            &dir,
+            &crate::bench_net::Options {
+                nodes,
+                clients: &clients,
+                seconds,
+                payload,
+                to: &to,
+                etcd: &etcd,
+                start_args: &start_args,
+                report: &report,
+            },
+        ),
         What::Verify {
             mb,
             python,

@@ -22,6 +22,7 @@ pub fn run(dir: &Path, clients: &[usize], seconds: u64, report: &Path) -> Result
             generated_members: 1,
             member_certs: vec![],
             auto_open: true,
+            rpc_address: None,
         };
         let (shared, _) = tokio::task::spawn_blocking({
             let cfg = cfg.clone();

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_net;
 mod gov;
 mod offline;
 mod start;
@@ -23,6 +24,10 @@ enum Command {
     /// Start a node: a single-node service on embedded defaults in ./ccl-data (identities
     /// generated on first start), recovered from disk on later starts.
     Start(start::StartArgs),
+    /// Join a running network: attestation evidence to any node, then wait until the members
+    /// admit this node (transition_node_to_trusted), catch up and serve. On later runs (the
+    /// data directory exists) it restarts the node like `ccl start`.
+    Join(start::JoinArgs),
     /// Write a ledger entry.
     Put {
         contents: String,
@@ -131,6 +136,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Gov(args) => gov::run(&args),
         Command::Start(args) => start::run(args),
+        Command::Join(args) => start::run_join(args),
         Command::Put {
             contents,
             collection,

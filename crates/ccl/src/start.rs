@@ -35,6 +35,10 @@ pub struct StartArgs {
     /// A snapshot after this many transactions (0: never). [default: 100000]
     #[arg(long)]
     snapshot_interval_txs: Option<u64>,
+    /// A ledger chunk completes at the first signature after it reaches this many bytes (every
+    /// node of a network must use the same value). [default: 5242880]
+    #[arg(long)]
+    chunk_size: Option<u64>,
     /// New service only: how many members to generate (certificate + key written to
     /// member<i>.pem in the data directory). [default: 1, or 0 with --member-cert]
     #[arg(long)]
@@ -47,6 +51,32 @@ pub struct StartArgs {
     /// --member-cert members always waits for them.
     #[arg(long)]
     no_auto_open: bool,
+    /// The host:port other nodes reach this node at. [default: the listen address]
+    #[arg(long)]
+    rpc_address: Option<String>,
+    /// Development: a local network of this many nodes, one process each, on consecutive ports
+    /// from --listen, with data in <data-dir>/node<i>. Node 0 starts the service; the others
+    /// join it and the generated members admit them. Run the same command to restart it.
+    #[arg(long)]
+    nodes: Option<usize>,
+}
+
+/// Smallest ledger chunk size accepted.
+pub const MIN_CHUNK_SIZE: u64 = 4096;
+
+/// Most nodes `ccl start --nodes` runs.
+pub const MAX_LOCAL_NODES: usize = 9;
+
+#[derive(clap::Args)]
+pub struct JoinArgs {
+    /// Any node of the network to join (https://host:port); a backup forwards to the primary.
+    #[arg(long)]
+    target: String,
+    /// The network's service certificate (PEM): the only certificate trusted.
+    #[arg(long)]
+    service_cert: PathBuf,
+    #[command(flatten)]
+    start: StartArgs,
 }
 
 /// The `--config` file.
@@ -60,10 +90,12 @@ struct ConfigFile {
     signature_interval_txs: Option<u64>,
     signature_interval_ms: Option<u64>,
     snapshot_interval_txs: Option<u64>,
+    chunk_size: Option<u64>,
     members: Option<usize>,
     #[serde(default)]
     member_certs: Vec<PathBuf>,
     auto_open: Option<bool>,
+    rpc_address: Option<String>,
 }
 
 /// Largest configuration file read.
@@ -106,6 +138,7 @@ fn node_config(args: StartArgs) -> Result<NodeConfig> {
         .unwrap_or(if member_certs.is_empty() { 1 } else { 0 });
     let auto_open = !args.no_auto_open && file.auto_open.unwrap_or(true);
     Ok(NodeConfig {
+        rpc_address: args.rpc_address.or(file.rpc_address),
         generated_members,
         member_certs,
         auto_open,
@@ -131,25 +164,68 @@ fn node_config(args: StartArgs) -> Result<NodeConfig> {
                 .snapshot_interval_txs
                 .or(file.snapshot_interval_txs)
                 .unwrap_or(ccl_engine::DEFAULT_SNAPSHOT_INTERVAL_TXS),
+            chunk_size: args
+                .chunk_size
+                .or(file.chunk_size)
+                .unwrap_or(ccl_ledger::ledger::DEFAULT_CHUNK_SIZE)
+                .clamp(MIN_CHUNK_SIZE, ccl_ledger::chunk::MAX_CHUNK_FILE_SIZE / 2),
             ..EngineConfig::default()
         },
     })
 }
 
-pub fn run(args: StartArgs) -> Result<()> {
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CCL_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+pub fn run(args: StartArgs) -> Result<()> {
+    init_logging();
+    let nodes = args.nodes.unwrap_or(1);
+    if nodes == 0 || nodes > MAX_LOCAL_NODES {
+        anyhow::bail!("--nodes is 1 to {MAX_LOCAL_NODES}");
+    }
     let cfg = node_config(args)?;
+    if nodes > 1 {
+        return local_network(cfg, nodes);
+    }
+    run_node(cfg, None)
+}
+
+/// `ccl join`: asks the network to admit this node (once), then runs it.
+pub fn run_join(args: JoinArgs) -> Result<()> {
+    init_logging();
+    let config_text = match &args.start.config {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        None => String::new(),
+    };
+    let service_pem = std::fs::read_to_string(&args.service_cert)
+        .with_context(|| format!("cannot read {}", args.service_cert.display()))?;
+    if args.start.nodes.is_some() {
+        anyhow::bail!("--nodes is for ccl start");
+    }
+    let cfg = node_config(args.start)?;
+    let join = (!init::exists(&cfg.data_dir)).then_some((args.target, service_pem, config_text));
+    run_node(cfg, join)
+}
+
+/// Runs a node until SIGTERM or Ctrl-C; `join` (target, service certificate, configuration
+/// text) first makes the data directory by joining a network.
+fn run_node(cfg: NodeConfig, join: Option<(String, String, String)>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
     rt.block_on(async move {
+        if let Some((target, service_pem, config_text)) = join {
+            let id = ccl_node::join::join_network(&cfg, &target, &service_pem, &config_text).await?;
+            println!("joined the network as node {id}");
+        }
         let (shared, created) = tokio::task::spawn_blocking({
             let cfg = cfg.clone();
             move || ccl_node::open(&cfg)
@@ -172,6 +248,124 @@ pub fn run(args: StartArgs) -> Result<()> {
         eprintln!("ccl stopped cleanly");
         Ok(())
     })
+}
+
+/// `ccl start --nodes N`: node 0 here, the others as child processes that join it; the generated
+/// members admit every node that asks.
+fn local_network(base: NodeConfig, n: usize) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the ccl executable")?;
+    let port = base.listen.port();
+    if port == 0 || usize::from(port) + n > usize::from(u16::MAX) {
+        anyhow::bail!("--nodes needs a fixed --listen port with {n} free ports after it");
+    }
+    let mut cfg0 = base.clone();
+    cfg0.data_dir = base.data_dir.join("node0");
+    let service_cert = cfg0.data_dir.join(init::SERVICE_CERT);
+    let root = base.data_dir.clone();
+    let host = base.listen.ip();
+    let target = format!("https://{}", cfg0.listen);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async move {
+        let (shared, created) = tokio::task::spawn_blocking({
+            let cfg = cfg0.clone();
+            move || ccl_node::open(&cfg)
+        })
+        .await??;
+        let listener = tokio::net::TcpListener::bind(cfg0.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg0.listen))?;
+        print_banner(&cfg0, cfg0.listen, created.as_ref());
+        let mut children = Vec::new();
+        for i in 1..n {
+            let addr = std::net::SocketAddr::new(host, port + i as u16);
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("join")
+                .arg("--target")
+                .arg(&target)
+                .arg("--service-cert")
+                .arg(&service_cert)
+                .arg("--data-dir")
+                .arg(root.join(format!("node{i}")))
+                .arg("--listen")
+                .arg(addr.to_string())
+                .arg("--signature-interval-ms")
+                .arg(base.engine.signature_interval.as_millis().to_string())
+                .arg("--signature-interval-txs")
+                .arg(base.engine.signature_interval_txs.to_string())
+                .arg("--snapshot-interval-txs")
+                .arg(base.engine.snapshot_interval_txs.to_string())
+                .arg("--chunk-size")
+                .arg(base.engine.chunk_size.to_string())
+                .stdout(std::process::Stdio::null());
+            children.push(cmd.spawn().context("cannot start a node process")?);
+            println!("node {i}: https://{addr} (data in {})", root.join(format!("node{i}")).display());
+        }
+        // Development only: the generated members' keys are at hand, so they admit joiners.
+        let admit = {
+            let shared = shared.clone();
+            let dir = cfg0.data_dir.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let (s, d) = (shared.clone(), dir.clone());
+                    let r = tokio::task::spawn_blocking(move || admit_pending(&s, &d)).await;
+                    if let Ok(Err(e)) = r {
+                        eprintln!("admitting nodes: {e}");
+                    }
+                }
+            })
+        };
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+        };
+        let r = ccl_node::serve(cfg0, shared, listener, shutdown).await;
+        admit.abort();
+        for mut c in children {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+        r?;
+        eprintln!("ccl network stopped cleanly");
+        Ok(())
+    })
+}
+
+/// Admits Pending nodes with the votes of the members whose keys are in `dir` (member<i>.pem).
+fn admit_pending(shared: &ccl_node::Shared, dir: &std::path::Path) -> Result<()> {
+    if !shared.is_primary() {
+        return Ok(());
+    }
+    let pending = ccl_node::pending_nodes(shared);
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut members = Vec::new();
+    for i in 0..ccl_node::MAX_INITIAL_MEMBERS {
+        let Ok(pem) = std::fs::read_to_string(dir.join(init::member_file(i))) else {
+            break;
+        };
+        let cert = ccl_crypto::cert::Certificate::from_pem(&pem)?;
+        let key = ccl_crypto::keys::SigningKey::from_pem(&pem)?;
+        members.push((hex::encode(ccl_crypto::sha256(cert.der())), cert, key));
+    }
+    for node in pending {
+        let proposal = serde_json::json!({"actions": [{"name": "transition_node_to_trusted", "args": {
+            "node_id": node, "valid_from": "20260101000000Z", "validity_period_days": 365}}]})
+        .to_string();
+        let state = ccl_node::propose_and_approve(shared, &members, &proposal)?;
+        println!("node {node}: transition_node_to_trusted {state:?}");
+    }
+    Ok(())
 }
 
 fn print_banner(cfg: &NodeConfig, addr: SocketAddr, created: Option<&init::Created>) {

@@ -6,13 +6,16 @@ use std::path::Path;
 /// Crates by layer, lowest first. A crate may depend only on crates of strictly lower layers.
 const LAYERS: &[(&str, u32)] = &[
     ("ccl-crypto", 0),
+    ("ccl-lincheck", 0),
+    ("ccl-attest", 1),
     ("ccl-ledger", 1),
     ("ccl-receipt", 1),
     ("ccl-store", 2),
     ("ccl-engine", 3),
     ("ccl-gov", 3),
+    ("ccl-consensus", 4),
     ("ccl-node", 5),
-    ("ccl-client", 5),
+    ("ccl-client", 3),
     ("ccl", 9),
 ];
 
@@ -24,6 +27,8 @@ const PURE: &[&str] = &[
     "ccl-store",
     "ccl-engine",
     "ccl-gov",
+    "ccl-lincheck",
+    "ccl-attest",
 ];
 const IMPURE_DEPS: &[&str] = &[
     "tokio",

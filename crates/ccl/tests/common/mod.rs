@@ -207,3 +207,4 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+pub mod cluster;

@@ -68,6 +68,21 @@ def main():
                 if p.startswith("/gov"):
                     q = f"{p}?api-version=2024-07-01"
                 body, ct = None, None
+                if policy.startswith("Trusted node"):
+                    # Raft RPCs: no user or member is a node.
+                    r = call(method, q, pem, b"\x00", "application/x-ccl-raft")
+                    assert r.status_code == (401 if pem is None else 403), f"{name} {method} {path}: {r.status_code} {r.text}"
+                    assert r.json()["error"]["code"] in ("Unauthorized", "Forbidden"), r.text
+                    checked += 1
+                    continue
+                if policy.startswith("Joining node"):
+                    # The TLS client certificate must be the node_cert of the request.
+                    stranger = open(callers["unknown certificate"][0]).read()
+                    r = call(method, q, pem, json.dumps({"node_cert": stranger}), "application/json")
+                    expected = 400 if name == "unknown certificate" else 401
+                    assert r.status_code == expected, f"{name} {method} {path}: {r.status_code} {r.text}"
+                    checked += 1
+                    continue
                 if policy.startswith("Member"):
                     r = call(method, q, pem, b"not a COSE Sign1 message", "application/cose")
                     assert r.status_code == 401, f"{name} {method} {path}: {r.status_code} {r.text}"

@@ -1,0 +1,759 @@
+//! Raft's log storage and state machine over the engine.
+//!
+//! The side log (`raft/log`) holds one line per Raft index: a checksum and a small JSON record
+//! (term; the seqnos of a batch, or a membership). Lines are appended after the ledger entries
+//! they point to are durable, and fsynced before Raft hears they are; a torn last line is cut on
+//! open. `raft/vote` holds the vote (replaced atomically). `raft/base` names where the log starts
+//! for a node that joined from a snapshot.
+
+use crate::{Batch, Entry, LogId, Membership, StoredMembership, TypeConfig};
+use ccl_engine::{Engine, EngineHandle};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, Vote,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Write;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Subdirectory of the data directory with Raft's state.
+pub const RAFT_DIR: &str = "raft";
+/// Recent batches kept in memory, so that replication rarely reads the ledger back.
+pub const BATCH_CACHE: usize = 512;
+
+type SResult<T> = Result<T, StorageError<u64>>;
+
+fn io_error(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl ToString) -> StorageError<u64> {
+    StorageError::IO {
+        source: StorageIOError::new(subject, verb, openraft::AnyError::error(e.to_string())),
+    }
+}
+
+fn log_error(e: impl ToString) -> StorageError<u64> {
+    io_error(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+/// One line of the side log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Raft index.
+    pub i: u64,
+    /// Raft term.
+    pub t: u64,
+    /// First and last seqno of a batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s: Option<(u64, u64)>,
+    /// A membership change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m: Option<Membership>,
+}
+
+impl Record {
+    pub fn log_id(&self) -> LogId {
+        LogId::new(openraft::CommittedLeaderId::new(self.t, 0), self.i)
+    }
+}
+
+/// Where the log of a node that joined from a snapshot starts: the Raft entry (already applied,
+/// through the snapshot and the ledger suffix handed over with it) and the membership then.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Base {
+    pub log_id: LogId,
+    /// The last seqno that entry covers.
+    pub seqno: u64,
+    pub membership: StoredMembership,
+}
+
+/// The side log: records in memory, and the file.
+struct SideLog {
+    file: std::fs::File,
+    base: Option<Base>,
+    /// Records from the first index after the base, consecutive.
+    records: Vec<Record>,
+    /// Byte offset of each record's line.
+    offsets: Vec<u64>,
+    len: u64,
+}
+
+fn line(r: &Record) -> Vec<u8> {
+    let json = serde_json::to_vec(r).expect("records serialise");
+    let mut out = hex::encode(&ccl_crypto::sha256(&json)[..8]).into_bytes();
+    out.push(b' ');
+    out.extend_from_slice(&json);
+    out.push(b'\n');
+    out
+}
+
+impl SideLog {
+    fn open(dir: &Path) -> std::io::Result<SideLog> {
+        std::fs::create_dir_all(dir)?;
+        let base = match std::fs::read(dir.join("base")) {
+            Ok(b) => Some(serde_json::from_slice(&b).map_err(std::io::Error::other)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let path = dir.join("log");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut records = Vec::new();
+        let mut offsets = Vec::new();
+        let mut pos = 0usize;
+        while let Some(nl) = bytes[pos..].iter().position(|b| *b == b'\n') {
+            let l = &bytes[pos..pos + nl];
+            let Some((sum, json)) = l
+                .split_first_chunk::<16>()
+                .and_then(|(s, rest)| rest.strip_prefix(b" ").map(|j| (s, j)))
+            else {
+                break;
+            };
+            if hex::encode(&ccl_crypto::sha256(json)[..8]).as_bytes() != sum {
+                break;
+            }
+            let Ok(r) = serde_json::from_slice::<Record>(json) else {
+                break;
+            };
+            let expected = records
+                .last()
+                .map(|l: &Record| l.i + 1)
+                .or(base.as_ref().map(|b: &Base| b.log_id.index + 1))
+                .unwrap_or(r.i);
+            if r.i != expected {
+                break;
+            }
+            offsets.push(pos as u64);
+            records.push(r);
+            pos += nl + 1;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        if (pos as u64) < bytes.len() as u64 {
+            tracing::warn!(cut = bytes.len() - pos, "Raft side log: torn tail cut");
+            file.set_len(pos as u64)?;
+            file.sync_all()?;
+        }
+        Ok(SideLog {
+            file,
+            base,
+            records,
+            offsets,
+            len: pos as u64,
+        })
+    }
+
+    fn next_index(&self) -> u64 {
+        self.records
+            .last()
+            .map(|r| r.i + 1)
+            .or(self.base.as_ref().map(|b| b.log_id.index + 1))
+            .unwrap_or(0)
+    }
+
+    fn get(&self, index: u64) -> Option<&Record> {
+        let first = self.records.first()?.i;
+        self.records.get(index.checked_sub(first)? as usize)
+    }
+
+    /// The last seqno covered by the records up to `index` (inclusive).
+    fn seqno_at(&self, index: u64) -> u64 {
+        if let Some(first) = self.records.first().map(|r| r.i)
+            && index >= first
+        {
+            let upto = ((index - first) as usize).min(self.records.len() - 1);
+            if let Some(s) = self.records[..=upto].iter().rev().find_map(|r| r.s) {
+                return s.1;
+            }
+        }
+        self.base.as_ref().map_or(0, |b| b.seqno)
+    }
+
+    fn last_seqno(&self) -> u64 {
+        self.seqno_at(u64::MAX)
+    }
+
+    fn last_log_id(&self) -> Option<LogId> {
+        self.records
+            .last()
+            .map(Record::log_id)
+            .or(self.base.as_ref().map(|b| b.log_id))
+    }
+
+    /// The membership in force at `index` (the last one at or before it).
+    fn membership_at(&self, index: u64) -> StoredMembership {
+        for r in self.records.iter().rev() {
+            if r.i <= index
+                && let Some(m) = &r.m
+            {
+                return StoredMembership::new(Some(r.log_id()), m.clone());
+            }
+        }
+        self.base
+            .as_ref()
+            .map(|b| b.membership.clone())
+            .unwrap_or_default()
+    }
+
+    fn append(&mut self, new: Vec<Record>) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        for r in &new {
+            self.offsets.push(self.len + buf.len() as u64);
+            buf.extend_from_slice(&line(r));
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        self.len += buf.len() as u64;
+        self.records.extend(new);
+        Ok(())
+    }
+
+    fn truncate(&mut self, index: u64) -> std::io::Result<()> {
+        let Some(first) = self.records.first().map(|r| r.i) else {
+            return Ok(());
+        };
+        let keep = index.saturating_sub(first) as usize;
+        if keep >= self.records.len() {
+            return Ok(());
+        }
+        let off = self.offsets[keep];
+        self.file.set_len(off)?;
+        self.file.sync_all()?;
+        self.len = off;
+        self.records.truncate(keep);
+        self.offsets.truncate(keep);
+        Ok(())
+    }
+}
+
+/// What Raft's log and state machine share: the engine and the side log.
+pub struct Replica {
+    pub engine: Arc<Mutex<Engine>>,
+    handle: EngineHandle,
+    dir: PathBuf,
+    side: Mutex<SideLog>,
+    cache: Mutex<BTreeMap<u64, Arc<Batch>>>,
+    applied: Mutex<(Option<LogId>, StoredMembership)>,
+    /// The term in which this node last took up the primary role (0: never).
+    pub primary_term: AtomicU64,
+}
+
+impl Replica {
+    /// Opens Raft's state in `data_dir/raft` beside the engine's. Entries in the engine beyond
+    /// what the log holds (executed, never proposed) are rolled back.
+    pub fn open(engine: Arc<Mutex<Engine>>, data_dir: &Path) -> std::io::Result<Arc<Replica>> {
+        let dir = data_dir.join(RAFT_DIR);
+        let side = SideLog::open(&dir)?;
+        let handle = {
+            let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+            let logged = side.last_seqno();
+            let pending_genesis = side.records.is_empty() && side.base.is_none();
+            if !pending_genesis && e.last_seqno() > logged {
+                tracing::info!(
+                    from = logged + 1,
+                    to = e.last_seqno(),
+                    "rolling back entries never handed to consensus"
+                );
+                e.rollback(logged).map_err(std::io::Error::other)?;
+                e.take_outbox();
+            }
+            if pending_genesis && e.last_seqno() > 0 && !e.outbox_follows(0) {
+                e.requeue_after(0).map_err(std::io::Error::other)?;
+            }
+            if e.last_seqno() < logged {
+                return Err(std::io::Error::other(format!(
+                    "the Raft log covers seqno {logged} but the ledger ends at {}",
+                    e.last_seqno()
+                )));
+            }
+            e.handle()
+        };
+        // Applied: the last index whose seqnos the engine has committed.
+        let committed = handle.committed_seqno();
+        let mut applied = side.base.as_ref().map(|b| b.log_id);
+        for r in &side.records {
+            match r.s {
+                Some((_, last)) if last > committed => break,
+                Some(_) => applied = Some(r.log_id()),
+                // A blank or membership entry after the last committed batch may not be
+                // committed (a leader's blank entry that never reached a majority): claiming it
+                // applied would make Raft take it as committed, and accept a leader's different
+                // entry at its index as matching. Claimed only once a later batch is.
+                None => {}
+            }
+        }
+        // Never claim entries applied beyond the last batch the engine committed through.
+        if let Some(a) = applied
+            && side.seqno_at(a.index) > committed
+        {
+            applied = side.base.as_ref().map(|b| b.log_id);
+        }
+        let membership = applied.map_or_else(
+            || {
+                side.base
+                    .as_ref()
+                    .map(|b| b.membership.clone())
+                    .unwrap_or_default()
+            },
+            |a| side.membership_at(a.index),
+        );
+        Ok(Arc::new(Replica {
+            engine,
+            handle,
+            dir,
+            side: Mutex::new(side),
+            cache: Mutex::new(BTreeMap::new()),
+            applied: Mutex::new((applied, membership)),
+            primary_term: AtomicU64::new(0),
+        }))
+    }
+
+    /// Starts the log of a node that joined from a snapshot at `base` (written before Raft
+    /// starts on this directory).
+    pub fn write_base(data_dir: &Path, base: &Base) -> std::io::Result<()> {
+        let dir = data_dir.join(RAFT_DIR);
+        std::fs::create_dir_all(&dir)?;
+        write_atomic(
+            &dir.join("base"),
+            &serde_json::to_vec(base).map_err(std::io::Error::other)?,
+        )
+    }
+
+    /// Whether this is a new service's first node that Raft has not started on yet: no log and
+    /// no base (a joining node always has a base).
+    pub fn is_new_service(&self) -> bool {
+        let side = self.side();
+        side.records.is_empty() && side.base.is_none()
+    }
+
+    /// The last seqno the log holds.
+    pub fn logged_seqno(&self) -> u64 {
+        self.side().last_seqno()
+    }
+
+    /// The log id of the last entry that is applied (committed) and the last seqno it covers,
+    /// with the membership then: what a joining node starts from.
+    pub fn applied_base(&self, at_least_seqno: u64) -> Option<Base> {
+        let applied = self.applied.lock().unwrap_or_else(|p| p.into_inner()).0?;
+        let side = self.side();
+        // The first applied batch that reaches `at_least_seqno`.
+        let rec = side
+            .records
+            .iter()
+            .take_while(|r| r.i <= applied.index)
+            .find(|r| r.s.is_some_and(|s| s.1 >= at_least_seqno))?;
+        Some(Base {
+            log_id: rec.log_id(),
+            seqno: rec.s.map_or(0, |s| s.1),
+            membership: side.membership_at(rec.i),
+        })
+    }
+
+    /// The membership of the last applied entry.
+    pub fn applied_membership(&self) -> StoredMembership {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    fn side(&self) -> std::sync::MutexGuard<'_, SideLog> {
+        self.side.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn batch(&self, index: u64, first: u64, last: u64) -> SResult<Arc<Batch>> {
+        if let Some(b) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&index)
+        {
+            return Ok(b.clone());
+        }
+        let mut entries = Vec::with_capacity((last + 1 - first) as usize);
+        for s in first..=last {
+            let bytes = self
+                .handle
+                .raw_entry(s)
+                .map_err(|e| io_error(ErrorSubject::Log(LogId::default()), ErrorVerb::Read, e))?;
+            entries.push(serde_bytes::ByteBuf::from(bytes));
+        }
+        Ok(Arc::new(Batch {
+            first_seqno: first,
+            entries,
+        }))
+    }
+
+    fn cache_batch(&self, index: u64, batch: Arc<Batch>) {
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.insert(index, batch);
+        while c.len() > BATCH_CACHE {
+            c.pop_first();
+        }
+    }
+
+    fn entries(&self, start: u64, end: u64) -> SResult<Vec<Entry>> {
+        let records: Vec<Record> = {
+            let side = self.side();
+            (start..end).filter_map(|i| side.get(i).cloned()).collect()
+        };
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let payload = match (&r.s, &r.m) {
+                (Some((a, b)), _) => EntryPayload::Normal(Batch::clone(&*self.batch(r.i, *a, *b)?)),
+                (None, Some(m)) => EntryPayload::Membership(m.clone()),
+                (None, None) => EntryPayload::Blank,
+            };
+            out.push(Entry {
+                log_id: r.log_id(),
+                payload,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes `entries` (in order, from the next index) to the engine and the side log, durably.
+    async fn append_entries(&self, entries: Vec<Entry>) -> SResult<()> {
+        let mut records = Vec::with_capacity(entries.len());
+        let sync = {
+            let mut e = self.engine();
+            let side = self.side();
+            let mut next = side.next_index();
+            let mut logged = side.last_seqno();
+            drop(side);
+            for entry in entries {
+                if entry.log_id.index != next {
+                    return Err(log_error(format!(
+                        "append at index {} but the log ends before {next}",
+                        entry.log_id.index
+                    )));
+                }
+                let term = entry.log_id.leader_id.term;
+                let mut rec = Record {
+                    i: next,
+                    t: term,
+                    s: None,
+                    m: None,
+                };
+                match entry.payload {
+                    EntryPayload::Normal(batch) => {
+                        if batch.entries.is_empty() || batch.first_seqno != logged + 1 {
+                            return Err(log_error(format!(
+                                "batch from seqno {} does not follow seqno {logged}",
+                                batch.first_seqno
+                            )));
+                        }
+                        let last = batch.last_seqno();
+                        let ours = self.primary_term.load(Ordering::Acquire) == term
+                            && e.view() == term
+                            && e.last_seqno() >= last;
+                        if !ours {
+                            if e.last_seqno() > logged {
+                                tracing::info!(
+                                    from = logged + 1,
+                                    to = e.last_seqno(),
+                                    "rolling back an uncommitted suffix"
+                                );
+                                e.rollback(logged).map_err(log_error)?;
+                                e.take_outbox();
+                            }
+                            for bytes in &batch.entries {
+                                e.append_replicated(bytes).map_err(log_error)?;
+                            }
+                        }
+                        rec.s = Some((batch.first_seqno, last));
+                        logged = last;
+                        self.cache_batch(next, Arc::new(batch));
+                    }
+                    EntryPayload::Membership(m) => rec.m = Some(m),
+                    EntryPayload::Blank => {}
+                }
+                records.push(rec);
+                next += 1;
+            }
+            e.sync_handle().map_err(log_error)?
+        };
+        sync.sync().map_err(log_error)?;
+        self.side().append(records).map_err(log_error)?;
+        Ok(())
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Raft's log storage (and log reader).
+#[derive(Clone)]
+pub struct LogStore(pub Arc<Replica>);
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> SResult<Vec<Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => e + 1,
+            Bound::Excluded(e) => *e,
+            Bound::Unbounded => u64::MAX,
+        };
+        let end = end.min(self.0.side().next_index());
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.0.entries(start, end)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> SResult<LogState<TypeConfig>> {
+        let side = self.0.side();
+        Ok(LogState {
+            last_purged_log_id: side.base.as_ref().map(|b| b.log_id),
+            last_log_id: side.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> SResult<()> {
+        let bytes = serde_json::to_vec(vote)
+            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        write_atomic(&self.0.dir.join("vote"), &bytes)
+            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> SResult<Option<Vote<u64>>> {
+        match std::fs::read(self.0.dir.join("vote")) {
+            // Read back as not committed: a node that was leader does not take the role up again
+            // in the same term after a restart (openraft would), since the entries it executed
+            // but never logged are rolled back and their transaction ids must never be reused for
+            // other transactions. It wins a new term instead (CCF: a restart is a new view).
+            Ok(b) => serde_json::from_slice::<Vote<u64>>(&b)
+                .map(|v| match v.leader_id().voted_for() {
+                    Some(n) if v.is_committed() => Some(Vote::new(v.leader_id().get_term(), n)),
+                    _ => Some(v),
+                })
+                .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Read, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(ErrorSubject::Vote, ErrorVerb::Read, e)),
+        }
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> SResult<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let r = self.0.append_entries(entries).await;
+        match &r {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        r
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> SResult<()> {
+        let mut e = self.0.engine();
+        let mut side = self.0.side();
+        side.truncate(log_id.index).map_err(log_error)?;
+        let keep = side.last_seqno();
+        drop(side);
+        self.0
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|i, _| *i < log_id.index);
+        if e.last_seqno() > keep {
+            tracing::info!(
+                from = keep + 1,
+                to = e.last_seqno(),
+                "rolling back a conflicting suffix"
+            );
+            e.rollback(keep).map_err(log_error)?;
+            e.take_outbox();
+        }
+        Ok(())
+    }
+
+    async fn purge(&mut self, _log_id: LogId) -> SResult<()> {
+        // The ledger is the audit trail: it is never purged.
+        Ok(())
+    }
+}
+
+/// Raft's state machine: applying committed entries commits them in the engine.
+#[derive(Clone)]
+pub struct StateMachine(pub Arc<Replica>);
+
+/// Raft never builds snapshots (see [`crate::raft_config`]).
+pub struct NoSnapshots;
+
+impl RaftSnapshotBuilder<TypeConfig> for NoSnapshots {
+    async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig>> {
+        Err(io_error(
+            ErrorSubject::None,
+            ErrorVerb::Write,
+            "ccl's Raft does not snapshot: joining nodes start from the engine's snapshots",
+        ))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = NoSnapshots;
+
+    async fn applied_state(&mut self) -> SResult<(Option<LogId>, StoredMembership)> {
+        Ok(self
+            .0
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> SResult<Vec<()>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut n = 0;
+        let mut last = None;
+        let mut membership = None;
+        for e in entries {
+            n += 1;
+            if let EntryPayload::Membership(m) = &e.payload {
+                membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
+            }
+            last = Some(e.log_id);
+        }
+        if let Some(last) = last {
+            let seqno = self.0.side().seqno_at(last.index);
+            if seqno > 0 {
+                self.0
+                    .engine()
+                    .commit_up_to(seqno)
+                    .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+            }
+            let mut a = self.0.applied.lock().unwrap_or_else(|p| p.into_inner());
+            a.0 = Some(last);
+            if let Some(m) = membership {
+                a.1 = m;
+            }
+        }
+        Ok(vec![(); n])
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        NoSnapshots
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<std::io::Cursor<Vec<u8>>>> {
+        Ok(Box::new(std::io::Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _meta: &SnapshotMeta<u64, crate::NodeAddr>,
+        _snapshot: Box<std::io::Cursor<Vec<u8>>>,
+    ) -> SResult<()> {
+        Err(io_error(
+            ErrorSubject::None,
+            ErrorVerb::Write,
+            "ccl's Raft does not install snapshots: a lagging node rejoins",
+        ))
+    }
+
+    async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {
+        // A node that joined from an engine snapshot: Raft's log starts after the base, and Raft
+        // must see a snapshot covering what came before it. Its data stays with the engine.
+        let base = self.0.side().base.clone();
+        Ok(base.map(|b| Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(b.log_id),
+                last_membership: b.membership,
+                snapshot_id: format!("engine-{}", b.seqno),
+            },
+            snapshot: Box::new(std::io::Cursor::new(Vec::new())),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: u64, t: u64, s: Option<(u64, u64)>) -> Record {
+        Record { i, t, s, m: None }
+    }
+
+    #[test]
+    fn the_side_log_survives_reopening_and_cuts_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SideLog::open(dir.path()).unwrap();
+        log.append(vec![rec(0, 0, None), rec(1, 1, Some((1, 4)))])
+            .unwrap();
+        log.append(vec![rec(2, 1, None), rec(3, 2, Some((5, 5)))])
+            .unwrap();
+        assert_eq!(log.last_seqno(), 5);
+        assert_eq!(log.seqno_at(2), 4);
+        assert_eq!(log.seqno_at(0), 0);
+        drop(log);
+        // A torn last line is cut.
+        let path = dir.path().join("log");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"0123456789abcdef {\"i\":4");
+        std::fs::write(&path, &bytes).unwrap();
+        let mut log = SideLog::open(dir.path()).unwrap();
+        assert_eq!(log.records.len(), 4);
+        assert_eq!(log.next_index(), 4);
+        // A corrupted line ends the log there.
+        log.truncate(2).unwrap();
+        assert_eq!(log.last_seqno(), 4);
+        assert_eq!(log.next_index(), 2);
+        log.append(vec![rec(2, 3, Some((5, 7)))]).unwrap();
+        drop(log);
+        let log = SideLog::open(dir.path()).unwrap();
+        assert_eq!(log.records.len(), 3);
+        assert_eq!(log.last_seqno(), 7);
+        assert_eq!(log.last_log_id().unwrap().leader_id.term, 3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 5] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let log = SideLog::open(dir.path()).unwrap();
+        assert_eq!(log.records.len(), 2, "a line whose checksum fails is cut");
+    }
+}

@@ -1,0 +1,553 @@
+//! The node's side of replication: starting Raft, serving its RPCs to trusted nodes, keeping
+//! Raft's membership in step with the nodes map, forwarding writes from a backup to the primary.
+
+use crate::api::{ApiError, Caller};
+use crate::{NodeConfig, NodeError, Shared};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ccl_consensus::log::{LogStore, StateMachine};
+use ccl_consensus::net::{Network, decode_request, encode_response};
+use ccl_consensus::{NodeAddr, Raft, raft_config, raft_id};
+use ccl_ledger::tables::{self, NodeInfo, NodeStatus};
+use ccl_consensus::openraft::ChangeMembers;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Header a backup adds when it forwards a request: the caller's certificate id ("-": none).
+/// Believed only from a trusted node.
+pub const FORWARDED_CALLER: &str = "x-ccl-forwarded-caller";
+/// Header of the primary's answer to a forwarded request: the last transaction id after it ran.
+/// The forwarding node waits until it has that transaction before answering, so that a client
+/// reads its own writes on the node it talks to.
+pub const SEEN_TXID: &str = "x-ccl-seen-txid";
+/// How long a backup waits for a forwarded write to reach it.
+pub const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
+/// How often the primary compares Raft's membership with the nodes map.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
+/// A learner within this many Raft entries of the primary is made a voter.
+pub const CAUGHT_UP_ENTRIES: u64 = 8;
+/// A forwarded request gives up after this long.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections kept to the primary.
+pub const FORWARD_POOL: usize = 64;
+
+/// Background tasks of a running node.
+pub struct Tasks {
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts Raft on the engine; a new service's first node makes itself the only voter.
+pub async fn start(shared: &Arc<Shared>, cfg: &NodeConfig) -> Result<Tasks, NodeError> {
+    let (service_pem, identity_pem) = {
+        let e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let id = e.identity();
+        (
+            id.service_cert.pem(),
+            format!("{}{}", id.node_cert.pem(), &*id.node_key.to_pkcs8_pem()),
+        )
+    };
+    let raft = Raft::new(
+        shared.raft_id,
+        raft_config(),
+        Network::new(service_pem, identity_pem),
+        LogStore(shared.replica.clone()),
+        StateMachine(shared.replica.clone()),
+    )
+    .await
+    .map_err(|e| NodeError::Consensus(e.to_string()))?;
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Consensus(e.to_string()))?;
+    if !initialized && shared.replica.is_new_service() {
+        let me = NodeAddr {
+            rpc_address: cfg.rpc_address(),
+            node_id: shared.node_id.clone(),
+        };
+        raft.initialize(BTreeMap::from([(shared.raft_id, me)]))
+            .await
+            .map_err(|e| NodeError::Consensus(e.to_string()))?;
+    }
+    if shared.raft.set(raft.clone()).is_err() {
+        return Err(NodeError::Consensus("Raft started twice".into()));
+    }
+    let proposer = tokio::spawn(ccl_consensus::proposer::run(
+        shared.replica.clone(),
+        raft.clone(),
+        shared.raft_id,
+    ));
+    let reconciler = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RECONCILE_INTERVAL).await;
+                if let Err(e) = reconcile(&shared).await {
+                    tracing::warn!(error = %e, "membership");
+                }
+                shared.refresh_status();
+            }
+        })
+    };
+    Ok(Tasks {
+        handles: vec![proposer, reconciler],
+    })
+}
+
+/// Stops: the primary signs what it has (ending the chunk) and waits briefly for that to commit;
+/// then Raft stops.
+pub async fn stop(shared: &Arc<Shared>, tasks: Tasks) {
+    if shared.is_primary() {
+        let target = {
+            let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
+            match e.emit_signature_ending_chunk() {
+                Ok(t) => Some(t.seqno),
+                Err(err) => {
+                    tracing::warn!(error = %err, "final signature");
+                    None
+                }
+            }
+        };
+        if let Some(target) = target {
+            let deadline = Instant::now() + crate::SHUTDOWN_COMMIT_WAIT;
+            while shared.handle.committed_seqno() < target && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    for t in tasks.handles {
+        t.abort();
+    }
+    if let Some(raft) = shared.raft.get() {
+        let _ = raft.shutdown().await;
+    }
+    let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(err) = e.sync() {
+        tracing::warn!(error = %err, "final sync");
+    }
+}
+
+/// Nodes of the nodes map: Raft id -> (node id, info).
+fn nodes(shared: &Shared) -> BTreeMap<u64, (String, NodeInfo)> {
+    let state = shared.handle.store().state();
+    let mut out = BTreeMap::new();
+    if let Some(m) = state.map(tables::NODES) {
+        for (k, v) in m.iter() {
+            let (Ok(id), Ok(info)) = (
+                std::str::from_utf8(k),
+                serde_json::from_slice::<NodeInfo>(&v.value),
+            ) else {
+                continue;
+            };
+            if let Some(r) = raft_id(id) {
+                out.insert(r, (id.to_string(), info));
+            }
+        }
+    }
+    out
+}
+
+/// On the primary: Trusted nodes become learners, then voters once caught up; Retired nodes leave.
+async fn reconcile(shared: &Arc<Shared>) -> Result<(), String> {
+    let Some(raft) = shared.raft.get() else {
+        return Ok(());
+    };
+    if !shared.is_primary() {
+        return Ok(());
+    }
+    let m = raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership().clone();
+    if membership.get_joint_config().len() > 1 {
+        return Ok(()); // a change is under way
+    }
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let known: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
+    let last = m.last_log_index.unwrap_or(0);
+    for (rid, (node_id, info)) in nodes(shared) {
+        match info.status {
+            NodeStatus::Trusted if !info.rpc_address.is_empty() => {
+                if !known.contains(&rid) {
+                    tracing::info!(node = %node_id, address = %info.rpc_address, "adding learner");
+                    let addr = NodeAddr {
+                        rpc_address: info.rpc_address.clone(),
+                        node_id: node_id.clone(),
+                    };
+                    raft.add_learner(rid, addr, false)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                } else if !voters.contains(&rid) {
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&rid).cloned().flatten())
+                        .map_or(0, |l| l.index);
+                    if matched + CAUGHT_UP_ENTRIES >= last {
+                        tracing::info!(node = %node_id, "learner caught up: making it a voter");
+                        raft.change_membership(
+                            ChangeMembers::AddVoterIds(BTreeSet::from([rid])),
+                            false,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                        return Ok(());
+                    }
+                }
+            }
+            NodeStatus::Retired if known.contains(&rid) => {
+                tracing::info!(node = %node_id, "node retired: removing it from Raft");
+                if voters.contains(&rid) {
+                    if voters.len() == 1 {
+                        continue;
+                    }
+                    raft.change_membership(
+                        ChangeMembers::RemoveVoters(BTreeSet::from([rid])),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                } else {
+                    raft.change_membership(
+                        ChangeMembers::RemoveNodes(BTreeSet::from([rid])),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether `cert_id` (hex SHA-256 of a TLS client certificate) is the endorsed certificate of a
+/// Trusted node.
+pub fn is_trusted_node(shared: &Shared, caller: &Caller) -> bool {
+    trusted_node(shared, caller).is_some()
+}
+
+/// The node id of the caller if it is a node: its certificate was issued by the service (only
+/// trusted nodes get one) and the nodes map, as far as this replica has it, does not say the node
+/// is retired. A replica that is behind may not know a node trusted recently; the service's
+/// signature on its certificate is what proves it.
+pub fn trusted_node(shared: &Shared, caller: &Caller) -> Option<String> {
+    let der = caller.cert.as_ref()?;
+    let cert_id = caller.cert_id.as_deref()?;
+    if let Some(id) = shared
+        .node_certs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(cert_id)
+        .cloned()
+    {
+        return not_retired(shared, id);
+    }
+    let cert = ccl_crypto::cert::Certificate::from_der(der).ok()?;
+    let service = ccl_crypto::cert::Certificate::from_pem(&shared.service_cert_pem).ok()?;
+    cert.verify_issued_by(&service).ok()?;
+    if cert.is_ca() {
+        return None;
+    }
+    let id = hex::encode(cert.key_id());
+    let mut cache = shared.node_certs.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= crate::MAX_CACHED_NODE_CERTS {
+        cache.clear();
+    }
+    cache.insert(cert_id.to_string(), id.clone());
+    drop(cache);
+    not_retired(shared, id)
+}
+
+fn not_retired(shared: &Shared, node_id: String) -> Option<String> {
+    let state = shared.handle.store().state();
+    let status = state
+        .get(tables::NODES, node_id.as_bytes())
+        .and_then(|v| serde_json::from_slice::<NodeInfo>(&v.value).ok())
+        .map(|i| i.status);
+    match status {
+        Some(NodeStatus::Retired) => None,
+        _ => Some(node_id),
+    }
+}
+
+fn raft_of(shared: &Shared) -> Result<&Raft, ApiError> {
+    shared.raft.get().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NodeStarting",
+            "consensus is not running yet",
+        )
+    })
+}
+
+fn rpc_caller(shared: &Shared, caller: &Caller) -> Result<(), ApiError> {
+    if let Some(node) = trusted_node(shared, caller) {
+        if raft_id(&node).is_some_and(ccl_consensus::faults::blocked) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "CutOff",
+                "traffic with this node is cut (test partition)",
+            ));
+        }
+        Ok(())
+    } else if caller.cert_id.is_none() {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Raft RPCs are for trusted nodes (their service-endorsed certificate)",
+        ))
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Raft RPCs are for trusted nodes (their service-endorsed certificate)",
+        ))
+    }
+}
+
+fn rpc_response(bytes: Vec<u8>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static(ccl_consensus::net::RPC_CONTENT_TYPE),
+        )],
+        bytes,
+    )
+        .into_response()
+}
+
+/// An RPC must be for this node (a node that took over a dead node's address must not answer
+/// for it).
+fn rpc_target(shared: &Shared, q: &HashMap<String, String>) -> Result<(), ApiError> {
+    let to = q
+        .get(ccl_consensus::net::TARGET_PARAM)
+        .and_then(|t| t.parse::<u64>().ok());
+    if to == Some(shared.raft_id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "WrongNode",
+            format!("this is node {}, not the RPC's target", shared.raft_id),
+        ))
+    }
+}
+
+/// `POST /internal/raft/append` (trusted nodes only).
+pub async fn rpc_append(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    rpc_caller(&shared, &caller)?;
+    rpc_target(&shared, &q)?;
+    let req = decode_request(&body).map_err(|m| ApiError::bad("MalformedRpc", m))?;
+    let r = raft_of(&shared)?.append_entries(req).await;
+    Ok(rpc_response(encode_response(&r)))
+}
+
+/// `POST /internal/raft/vote` (trusted nodes only).
+pub async fn rpc_vote(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    rpc_caller(&shared, &caller)?;
+    rpc_target(&shared, &q)?;
+    let req = decode_request(&body).map_err(|m| ApiError::bad("MalformedRpc", m))?;
+    let r = raft_of(&shared)?.vote(req).await;
+    Ok(rpc_response(encode_response(&r)))
+}
+
+/// The primary's node id and address, as this node knows them.
+pub fn primary(shared: &Shared) -> Option<NodeAddr> {
+    let raft = shared.raft.get()?;
+    let m = raft.metrics();
+    let m = m.borrow();
+    let leader = m.current_leader?;
+    m.membership_config.membership().get_node(&leader).cloned()
+}
+
+/// Keep-alive connections to the primary, by address.
+pub struct Forwarder {
+    service_cert_pem: String,
+    identity_pem: String,
+    pool: Mutex<HashMap<String, (ccl_client::Client, Vec<ccl_client::Connection>)>>,
+}
+
+impl Forwarder {
+    pub fn new(service_cert_pem: String, identity_pem: String) -> Self {
+        Forwarder {
+            service_cert_pem,
+            identity_pem,
+            pool: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn send(
+        &self,
+        address: &str,
+        req: ccl_client::RawRequest,
+    ) -> Result<ccl_client::Response, ccl_client::ClientError> {
+        let (client, conn) = {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            match pool.get_mut(address) {
+                Some((c, conns)) => (c.clone(), conns.pop()),
+                None => {
+                    let c = ccl_client::Client::new(
+                        &format!("https://{address}"),
+                        &self.service_cert_pem,
+                        Some(&self.identity_pem),
+                    )?;
+                    pool.insert(address.to_string(), (c.clone(), Vec::new()));
+                    (c, None)
+                }
+            }
+        };
+        let mut conn = match conn {
+            Some(c) => c,
+            None => client.connect().await?,
+        };
+        let r = conn.send_raw(req).await?;
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, conns)) = pool.get_mut(address)
+            && conns.len() < FORWARD_POOL
+        {
+            conns.push(conn);
+        }
+        Ok(r)
+    }
+}
+
+/// Middleware: on a backup, writes go to the primary (the client gets the primary's answer);
+/// on the primary, a forwarded request runs as the caller the forwarding node names.
+pub async fn route_writes(
+    State(shared): State<Arc<Shared>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let caller = req.extensions().get::<Caller>().cloned();
+    if let Some(fwd) = req.headers().get(FORWARDED_CALLER).cloned() {
+        if !caller.as_ref().is_some_and(|c| is_trusted_node(&shared, c)) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "NotANode",
+                "only trusted nodes forward requests",
+            )
+            .into_response();
+        }
+        if !shared.is_primary() {
+            return no_primary("this node is no longer the primary");
+        }
+        let id = fwd.to_str().unwrap_or("-");
+        let cert_id = (id != "-" && id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| id.to_ascii_lowercase());
+        req.headers_mut().remove(FORWARDED_CALLER);
+        req.extensions_mut().insert(Caller { cert_id, cert: None });
+        let mut resp = next.run(req).await;
+        let last = shared.handle.last_seqno();
+        let seen = format!("{}.{last}", shared.handle.view_of(last).unwrap_or(0));
+        if let Ok(v) = HeaderValue::from_str(&seen) {
+            resp.headers_mut().insert(SEEN_TXID, v);
+        }
+        return resp;
+    }
+    let is_write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !is_write || req.uri().path().starts_with("/internal/") || shared.is_primary() {
+        return next.run(req).await;
+    }
+    let Some(primary) = primary(&shared).filter(|p| p.node_id != shared.node_id) else {
+        return no_primary("no primary is known: an election is under way");
+    };
+    if raft_id(&primary.node_id).is_some_and(ccl_consensus::faults::blocked) {
+        return no_primary("the primary cannot be reached (test partition)");
+    }
+    forward(&shared, &primary, caller, req).await
+}
+
+fn no_primary(why: &str) -> Response {
+    let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NoPrimary", why).into_response();
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("1"));
+    r
+}
+
+async fn forward(shared: &Shared, primary: &NodeAddr, caller: Option<Caller>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, crate::api::MAX_FORWARDED_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::bad("RequestTooLarge", "the request body is too large")
+                .into_response();
+        }
+    };
+    let mut headers = Vec::new();
+    for (k, v) in parts.headers.iter() {
+        if k == axum::http::header::HOST || k.as_str() == FORWARDED_CALLER {
+            continue;
+        }
+        if let Ok(v) = v.to_str() {
+            headers.push((k.as_str().to_string(), v.to_string()));
+        }
+    }
+    let cert_id = caller.and_then(|c| c.cert_id).unwrap_or_else(|| "-".into());
+    headers.push((FORWARDED_CALLER.to_string(), cert_id));
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.to_string());
+    let raw = ccl_client::RawRequest {
+        method: parts.method.clone(),
+        path,
+        headers,
+        body: body.to_vec(),
+    };
+    let r = tokio::time::timeout(
+        FORWARD_TIMEOUT,
+        shared.forwarder.send(&primary.rpc_address, raw),
+    )
+    .await;
+    match r {
+        Ok(Ok(resp)) => {
+            if let Some(seen) = resp
+                .headers
+                .get(SEEN_TXID)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|t| t.parse::<ccl_ledger::txid::TxId>().ok())
+            {
+                let deadline = Instant::now() + READ_YOUR_WRITES_WAIT;
+                while shared.handle.tx_status(seen) == ccl_engine::TxStatus::Unknown
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            let mut out = Response::builder().status(resp.status);
+            for (k, v) in resp.headers.iter() {
+                if k.as_str() == SEEN_TXID {
+                    continue;
+                }
+                if k == axum::http::header::CONTENT_LENGTH
+                    || k == axum::http::header::TRANSFER_ENCODING
+                    || k == axum::http::header::CONNECTION
+                {
+                    continue;
+                }
+                out = out.header(k, v);
+            }
+            out.body(Body::from(resp.body))
+                .unwrap_or_else(|e| ApiError::internal(e).into_response())
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(primary = %primary, error = %e, "forwarding");
+            no_primary("the primary could not be reached")
+        }
+        Err(_) => no_primary("the primary did not answer in time"),
+    }
+}
