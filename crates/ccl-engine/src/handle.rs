@@ -69,19 +69,27 @@ impl Shared {
         }
     }
 
-    pub fn note_view(&self, view: u64, seqno: u64) {
+    /// Records that `seqno` is in `view`. Returns false when that contradicts the history already
+    /// known (a view going backwards, or a seqno the history places in another view).
+    #[must_use]
+    pub fn note_view(&self, view: u64, seqno: u64) -> bool {
         if self.last_noted_view.load(Ordering::Relaxed) == view {
-            return;
+            return true;
         }
         let mut v = self.views.write().unwrap_or_else(|p| p.into_inner());
-        if v.last().map(|l| l.0) != Some(view) {
-            assert!(
-                v.last().is_none_or(|l| l.0 < view && l.1 < seqno),
-                "views and seqnos only grow"
-            );
-            v.push((view, seqno));
+        match v.last() {
+            Some(l) if l.0 == view => {}
+            // Already covered (a snapshot's view history, then the ledger it summarises):
+            // only check that the two agree.
+            Some(l) if l.0 > view => {
+                let i = v.partition_point(|(_, s)| *s <= seqno);
+                return i.checked_sub(1).is_some_and(|i| v[i].0 == view);
+            }
+            Some(l) if l.1 >= seqno => return false,
+            _ => v.push((view, seqno)),
         }
         self.last_noted_view.store(view, Ordering::Relaxed);
+        true
     }
 
     /// The view of the transaction at `seqno` (if it exists).

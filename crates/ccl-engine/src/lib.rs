@@ -465,7 +465,8 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .append(leaf)?;
         self.shared.last_seqno.store(seqno, Ordering::Release);
-        self.shared.note_view(self.view, seqno);
+        let noted = self.shared.note_view(self.view, seqno);
+        assert!(noted, "views and seqnos only grow");
         if signature.is_some() {
             self.shared.add_signature(seqno);
             self.last_sig_seqno = seqno;

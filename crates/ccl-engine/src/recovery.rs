@@ -149,7 +149,11 @@ pub(crate) fn open(
             )));
         }
         view = e.txid.view;
-        shared.note_view(view, seqno);
+        if !shared.note_view(view, seqno) {
+            return Err(corrupt(format!(
+                "view {view} contradicts the snapshot's view history"
+            )));
+        }
         let pd = e.public_domain().map_err(|e| corrupt(e.to_string()))?;
         for m in pd.map_iter() {
             let m = m.map_err(|e| corrupt(e.to_string()))?;
