@@ -57,6 +57,34 @@ impl AesGcmKey {
     }
 }
 
+/// Encrypts `plaintext` under `key` with a fresh random IV into one self-contained blob:
+/// `tag (16) ‖ IV (12) ‖ ciphertext` (CCF's `GcmCipher` layout). For keys that wrap other keys
+/// (a ledger secret under its successor or under the recovery wrapping key).
+pub fn seal_blob(key: &[u8; KEY_LEN], plaintext: &[u8]) -> Result<Vec<u8>> {
+    let iv = crate::random_array::<IV_LEN>()?;
+    let mut data = plaintext.to_vec();
+    let tag = AesGcmKey::new(key).seal(iv, &[], &mut data);
+    let mut out = Vec::with_capacity(TAG_LEN + IV_LEN + data.len());
+    out.extend_from_slice(&tag);
+    out.extend_from_slice(&iv);
+    out.extend_from_slice(&data);
+    Ok(out)
+}
+
+/// Opens what [`seal_blob`] sealed under `key`.
+pub fn open_blob(key: &[u8; KEY_LEN], blob: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    if blob.len() < TAG_LEN + IV_LEN {
+        return Err(CryptoError::DecryptionFailed);
+    }
+    let tag: [u8; TAG_LEN] = blob[..TAG_LEN].try_into().expect("length checked");
+    let iv: [u8; IV_LEN] = blob[TAG_LEN..TAG_LEN + IV_LEN]
+        .try_into()
+        .expect("length checked");
+    let mut data = zeroize::Zeroizing::new(blob[TAG_LEN + IV_LEN..].to_vec());
+    AesGcmKey::new(key).open(iv, &[], &mut data, &tag)?;
+    Ok(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +131,19 @@ mod tests {
             key.open([0u8; 12], b"public domomain", &mut [], &tag)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn blobs_round_trip_and_detect_tampering() {
+        let k = [3u8; 32];
+        let b = seal_blob(&k, b"secret").unwrap();
+        assert_eq!(b.len(), TAG_LEN + IV_LEN + 6);
+        assert_eq!(&open_blob(&k, &b).unwrap()[..], b"secret");
+        assert_ne!(seal_blob(&k, b"secret").unwrap(), b, "fresh IV each time");
+        let mut bad = b.clone();
+        bad[30] ^= 1;
+        assert!(open_blob(&k, &bad).is_err());
+        assert!(open_blob(&[4u8; 32], &b).is_err());
+        assert!(open_blob(&k, &b[..20]).is_err());
     }
 }

@@ -9,7 +9,9 @@
 //! - [`cert`]: X.509 certificates: generation (service CA, endorsed node certificates,
 //!   identities), parsing and endorsement checks;
 //! - [`cose`]: COSE Sign1 messages (root signatures, governance requests);
-//! - [`ecies`]: encryption to an ECDSA key's holder (ledger secrets for a joining node).
+//! - [`ecies`]: encryption to an ECDSA key's holder (ledger secrets for a joining node);
+//! - [`oaep`]: RSA-OAEP-SHA256 (recovery shares for recovery members, as CCF encrypts them);
+//! - [`shamir`]: k-of-n secret sharing over GF(2^8) (the key that wraps the ledger secret).
 //!
 //! This crate is pure: no file or network I/O and no async runtime.
 
@@ -19,6 +21,8 @@ pub mod cose;
 pub mod ecies;
 pub mod hash;
 pub mod keys;
+pub mod oaep;
+pub mod shamir;
 
 pub use cert::Certificate;
 pub use hash::{Digest32, HmacKey, sha256, sha256_parts};
