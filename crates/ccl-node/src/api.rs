@@ -2,6 +2,7 @@
 //! CCF-style node endpoints under `/node`. Every route declares who may call it ([`Policy`]);
 //! anything else is denied. Errors are `{"error":{"code","message"}}`.
 
+use crate::access;
 use crate::{Shared, maps};
 use axum::Router;
 use axum::body::Bytes;
@@ -116,6 +117,11 @@ pub type ApiResult = Result<Response, ApiError>;
 
 pub fn json_response(v: Value) -> Response {
     axum::Json(v).into_response()
+}
+
+/// The caller's user id; only called after [`authorize`] admitted a user.
+fn user_of(caller: &Caller) -> &str {
+    caller.cert_id.as_deref().unwrap_or_default()
 }
 
 /// Checks `policy` for `caller` against the users map.
@@ -261,6 +267,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/app/transactions", post(write_entry).get(list_entries))
         .route("/app/collections", get(list_collections))
         .route(
+            "/app/collections/{collectionId}",
+            get(get_collection).put(put_collection),
+        )
+        .route(
             "/app/users/{user_id}",
             get(get_user).patch(patch_user).delete(delete_user),
         )
@@ -307,8 +317,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/node/join", post(crate::join::join))
         .route(
             ccl_consensus::RPC_APPEND,
-            post(crate::replication::rpc_append)
-                .layer(axum::extract::DefaultBodyLimit::max(ccl_consensus::MAX_RPC_BYTES)),
+            post(crate::replication::rpc_append).layer(axum::extract::DefaultBodyLimit::max(
+                ccl_consensus::MAX_RPC_BYTES,
+            )),
         )
         .route(ccl_consensus::RPC_VOTE, post(crate::replication::rpc_vote))
         .fallback(|| async {
@@ -378,6 +389,13 @@ async fn write_entry(
         // The engine is locked: this transaction gets the next seqno.
         let seqno = e.last_seqno() + 1;
         let mut tx = e.store().begin();
+        if !access::may_write(tx.snapshot(), user_of(&caller), &coll) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("the caller may not write to collection {coll}"),
+            ));
+        }
         let bad = |e: ccl_store::TxError| ApiError::bad("InvalidEntry", e.to_string());
         tx.put(maps::ENTRIES, coll.as_bytes(), value.as_bytes())
             .map_err(bad)?;
@@ -479,8 +497,8 @@ async fn get_entry(
     else {
         return Err(not_found(&txid));
     };
-    if let Some(want) = q.get("collectionId")
-        && *want != coll
+    if q.get("collectionId").is_some_and(|want| *want != coll)
+        || !access::may_read(&shared.handle.store().state(), user_of(&caller), &coll)
     {
         return Err(not_found(&txid));
     }
@@ -507,11 +525,21 @@ async fn get_receipt(
         }
         _ => return Err(not_found(&txid)),
     }
+    let entry = entry_of(&shared, t)?;
+    if let Some(e) = &entry
+        && !access::may_read(
+            &shared.handle.store().state(),
+            user_of(&caller),
+            &e.collection,
+        )
+    {
+        return Err(not_found(&txid));
+    }
     match shared.handle.receipt(t.seqno) {
         Ok(r) => {
             let mut out = String::with_capacity(2048);
             r.to_receipt().write_azure_json(&mut out);
-            if let Some(claims) = entry_of(&shared, t)?.and_then(|e| e.claims) {
+            if let Some(claims) = entry.and_then(|e| e.claims) {
                 // {"receipt":…,"state":…,"transactionId":…} + "applicationClaims"
                 out.pop();
                 out.push_str(",\"applicationClaims\":");
@@ -561,7 +589,11 @@ async fn current_entry(
     app_prologue(&shared, &caller, &q, Policy::User(Role::Reader))?;
     let coll = collection(&q)?;
     let state = shared.handle.store().state();
-    let Some(v) = state.get(maps::ENTRIES, coll.as_bytes()) else {
+    let visible = access::may_read(&state, user_of(&caller), &coll);
+    let Some(v) = state
+        .get(maps::ENTRIES, coll.as_bytes())
+        .filter(|_| visible)
+    else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "CollectionNotFound",
@@ -696,8 +728,9 @@ async fn list_entries(
         .map_or(committed, |t| t.seqno.min(committed));
     let mut entries = Vec::new();
     let mut next = None;
-    if from <= to {
-        let state = shared.handle.store().state();
+    let state = shared.handle.store().state();
+    // A collection the caller may not see lists as one never written.
+    if from <= to && access::may_read(&state, user_of(&caller), &coll) {
         let (lo, hi) = (index_key(&coll, from), index_key(&coll, to));
         if let Some(m) = state.map(maps::ENTRY_INDEX) {
             for (k, _) in m.range((
@@ -760,14 +793,19 @@ async fn list_collections(
         } else {
             std::ops::Bound::Excluded(after.as_bytes())
         };
+        let caller = access::Principal::of(&state, user_of(&caller));
         for (k, _) in m.range((lower, std::ops::Bound::Unbounded)) {
+            let id = String::from_utf8_lossy(k);
+            if access::access_of(&state, &id).is_some_and(|a| !a.may_read(&caller)) {
+                continue;
+            }
             if collections.len() >= PAGE_SIZE {
                 next = collections
                     .last()
                     .and_then(|c: &Value| c["collectionId"].as_str().map(str::to_string));
                 break;
             }
-            collections.push(json!({"collectionId": String::from_utf8_lossy(k)}));
+            collections.push(json!({"collectionId": id}));
         }
     }
     let mut out = json!({"collections": collections});
@@ -780,7 +818,7 @@ async fn list_collections(
     Ok(json_response(out))
 }
 
-fn user_id(id: &str) -> Result<(), ApiError> {
+pub fn check_user_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > MAX_USER_ID || id.chars().any(|c| c.is_control()) {
         return Err(ApiError::bad(
             "InvalidUserId",
@@ -797,7 +835,7 @@ async fn get_user(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     app_prologue(&shared, &caller, &q, Policy::User(Role::Administrator))?;
-    user_id(&id)?;
+    check_user_id(&id)?;
     let state = shared.handle.store().state();
     let Some(role) = role_of(&state, &ccl_gov::user_key(&id)) else {
         return Err(ApiError::new(
@@ -806,9 +844,16 @@ async fn get_user(
             format!("no user {id}"),
         ));
     };
-    Ok(json_response(
-        json!({"assignedRole": format!("{role:?}"), "userId": id}),
-    ))
+    let mut out = json!({"assignedRole": format!("{role:?}"), "userId": id});
+    if let Some(groups) = state
+        .get(maps::USER_INFO, ccl_gov::user_key(&id).as_bytes())
+        .and_then(|v| serde_json::from_slice::<Value>(&v.value).ok())
+        .filter(|u| u["user_data"]["groups"].is_array())
+        .map(|u| access::groups_in(&u["user_data"]))
+    {
+        out["groups"] = json!(groups);
+    }
+    Ok(json_response(out))
 }
 
 async fn patch_user(
@@ -820,7 +865,7 @@ async fn patch_user(
     body: Bytes,
 ) -> ApiResult {
     app_prologue(&shared, &caller, &q, Policy::User(Role::Administrator))?;
-    user_id(&id)?;
+    check_user_id(&id)?;
     let v = json_body(
         &headers,
         &body,
@@ -836,6 +881,8 @@ async fn patch_user(
             )
         })?;
     let role = format!("{role:?}");
+    // ccl's extension: the groups private collections name (`group:<name>`).
+    let groups = access::parse_groups(&v)?;
     {
         let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
         let mut tx = e.store().begin();
@@ -849,11 +896,122 @@ async fn patch_user(
             user["user_data"] = json!({});
         }
         user["user_data"]["assignedRole"] = json!(role);
+        if let Some(g) = &groups {
+            user["user_data"]["groups"] = json!(g);
+        }
         tx.put(maps::USER_INFO, key.as_bytes(), user.to_string().as_bytes())
             .map_err(|e| ApiError::bad("InvalidUserId", e.to_string()))?;
         e.commit(tx, None).map_err(ApiError::internal)?;
     }
-    Ok(json_response(json!({"assignedRole": role, "userId": id})))
+    let mut out = json!({"assignedRole": role, "userId": id});
+    if let Some(g) = groups {
+        out["groups"] = json!(g);
+    }
+    Ok(json_response(out))
+}
+
+/// A collection id from the path, checked as the `collectionId` query parameter is.
+fn collection_path(id: String) -> Result<String, ApiError> {
+    collection(&HashMap::from([("collectionId".to_string(), id)]))
+}
+
+fn access_json(coll: &str, a: Option<&access::Access>) -> Value {
+    match a {
+        None => json!({"collectionId": coll, "private": false}),
+        Some(a) => json!({
+            "collectionId": coll, "private": true,
+            "owner": a.owner, "readers": a.readers, "writers": a.writers,
+        }),
+    }
+}
+
+/// `GET /app/collections/{id}`: whether a collection is private and who may use it; a
+/// collection the caller may not see is not found.
+async fn get_collection(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Reader))?;
+    let coll = collection_path(id)?;
+    let state = shared.handle.store().state();
+    let a = access::access_of(&state, &coll);
+    let exists =
+        coll == DEFAULT_COLLECTION || state.get(maps::COLLECTIONS, coll.as_bytes()).is_some();
+    if !exists || !access::may_read(&state, user_of(&caller), &coll) {
+        return Err(access::collection_not_found(&coll));
+    }
+    Ok(json_response(access_json(&coll, a.as_ref())))
+}
+
+/// `PUT /app/collections/{id}` (ccl's extension): makes a collection private with these
+/// readers and writers, or changes them. A new collection is created private, owned by the
+/// caller; an existing private one is changed by its owner or an Administrator; an existing
+/// public one (it has entries everyone could read) is made private by an Administrator only.
+async fn put_collection(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    app_prologue(&shared, &caller, &q, Policy::User(Role::Contributor))?;
+    let coll = collection_path(id)?;
+    let v = json_body(&headers, &body, &["application/json"])?;
+    let me = user_of(&caller).to_string();
+    let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
+    let mut tx = e.store().begin();
+    let state = tx.snapshot();
+    let admin = role_of(state, &me) == Some(Role::Administrator);
+    let taken = |why: &str| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "CollectionIdTaken",
+            format!("collection {coll} {why}"),
+        )
+    };
+    let existing = access::access_of(state, &coll);
+    let owner = match &existing {
+        Some(a) if a.owner == me || admin => a.owner.clone(),
+        Some(_) => {
+            return Err(taken(
+                "exists: only its owner or an Administrator changes its access",
+            ));
+        }
+        None if coll == DEFAULT_COLLECTION => {
+            return Err(taken("is the default collection: it stays public"));
+        }
+        None if state.get(maps::COLLECTIONS, coll.as_bytes()).is_some() && !admin => {
+            return Err(taken(
+                "has public entries: only an Administrator makes it private",
+            ));
+        }
+        None => me,
+    };
+    let new = access::parse_access(&v, owner)?;
+    if state.get(maps::COLLECTIONS, coll.as_bytes()).is_none() {
+        let count = state.map(maps::COLLECTIONS).map_or(0, |m| m.len());
+        if count >= MAX_COLLECTIONS {
+            return Err(ApiError::bad(
+                "CollectionCapacityExceeded",
+                format!("a ledger has at most {MAX_COLLECTIONS} collections"),
+            ));
+        }
+        tx.put(maps::COLLECTIONS, coll.as_bytes(), b"")
+            .map_err(ApiError::internal)?;
+    }
+    let bytes = serde_json::to_vec(&new).map_err(ApiError::internal)?;
+    tx.put(access::ACCESS, coll.as_bytes(), &bytes)
+        .map_err(ApiError::internal)?;
+    let txid = e.commit(tx, None).map_err(ApiError::internal)?;
+    let mut resp = json_response(access_json(&coll, Some(&new)));
+    resp.headers_mut().insert(
+        "x-ms-ccf-transaction-id",
+        HeaderValue::from_str(&txid.to_string()).map_err(ApiError::internal)?,
+    );
+    Ok(resp)
 }
 
 async fn delete_user(
@@ -863,7 +1021,7 @@ async fn delete_user(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     app_prologue(&shared, &caller, &q, Policy::User(Role::Administrator))?;
-    user_id(&id)?;
+    check_user_id(&id)?;
     let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
     let mut tx = e.store().begin();
     let key = ccl_gov::user_key(&id);
@@ -912,6 +1070,8 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/app/transactions/{txid}/receipt", "Reader"),
     ("get", "/app/transactions/{txid}/status", "Reader"),
     ("get", "/app/collections", "Reader"),
+    ("get", "/app/collections/{collectionId}", "Reader"),
+    ("put", "/app/collections/{collectionId}", "Contributor"),
     ("get", "/app/users/{user_id}", "Administrator"),
     ("patch", "/app/users/{user_id}", "Administrator"),
     ("delete", "/app/users/{user_id}", "Administrator"),
@@ -973,8 +1133,16 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/node/join",
         "Joining node (TLS client certificate = its node_cert; attestation evidence checked)",
     ),
-    ("post", "/internal/raft/append", "Trusted node (service-endorsed certificate)"),
-    ("post", "/internal/raft/vote", "Trusted node (service-endorsed certificate)"),
+    (
+        "post",
+        "/internal/raft/append",
+        "Trusted node (service-endorsed certificate)",
+    ),
+    (
+        "post",
+        "/internal/raft/vote",
+        "Trusted node (service-endorsed certificate)",
+    ),
 ];
 
 async fn node_tx(

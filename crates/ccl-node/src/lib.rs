@@ -6,6 +6,7 @@
 //! per batch) and then commits them. A backup forwards writes to the primary and serves reads
 //! from its own copy.
 
+pub mod access;
 pub mod api;
 pub mod gov;
 pub mod init;

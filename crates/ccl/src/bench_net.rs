@@ -2,11 +2,14 @@
 //! (`ccl start --nodes N`, one process per node), side by side with an etcd cluster given by
 //! its endpoints (written through etcd's HTTP JSON gateway, `POST /v3/kv/put`).
 //!
-//! ccl: each client is one TLS connection writing entries back to back; a single watcher polls
-//! the primary's `/node/commit` every millisecond and completes every write whose seqno the
-//! commit has passed: latency is from sending a write to seeing its commit. etcd: each client
-//! is one plain HTTP/1.1 connection putting keys back to back; a put answers once the entry is
-//! committed by a majority and applied, so latency is the response time.
+//! Both systems see the same load: every client has one write outstanding at a time and sends
+//! the next once the previous one is committed (closed loop, as an SDK client waiting for
+//! commit does). ccl: each client is one TLS connection; a write is answered with its
+//! transaction id once executed, and a single watcher polls the primary's `/node/commit` every
+//! millisecond and completes every write whose seqno the commit has passed: latency is from
+//! sending a write to seeing its commit. etcd: each client is one plain HTTP/1.1 connection; a
+//! put answers once the entry is committed by a majority and applied, so latency is the
+//! response time.
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -546,15 +549,18 @@ async fn ccl_run(ready: &Ready, to: To, n: usize, d: Duration, payload: &str) ->
     let sample: Arc<Mutex<Vec<String>>> = Arc::default();
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // The primary's commit seqno as the watcher last saw it: a writer waits for its write.
+    let (commit_tx, commit_rx) = tokio::sync::watch::channel(0u64);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, mut conn) in conns.into_iter().enumerate() {
         let client = ready.clients[order[i % order.len()]].clone();
-        let (inflight, sample, errors, stop) = (
+        let (inflight, sample, errors, stop, mut commit_rx) = (
             inflight.clone(),
             sample.clone(),
             errors.clone(),
             stop.clone(),
+            commit_rx.clone(),
         );
         let contents = payload.to_string();
         tasks.push(tokio::spawn(async move {
@@ -576,6 +582,10 @@ async fn ccl_run(ready: &Ready, to: To, n: usize, d: Duration, payload: &str) ->
                             }
                         }
                         k += 1;
+                        // Closed loop: the next write once this one is committed.
+                        if commit_rx.wait_for(|c| *c >= seqno).await.is_err() {
+                            break;
+                        }
                     }
                     Err(e) => {
                         let n = errors.fetch_add(1, Ordering::Relaxed);
@@ -605,6 +615,7 @@ async fn ccl_run(ready: &Ready, to: To, n: usize, d: Duration, payload: &str) ->
             }
         };
         let now = Instant::now();
+        commit_tx.send_replace(committed);
         let done = {
             let mut m = inflight.lock().unwrap_or_else(|p| p.into_inner());
             let rest = m.split_off(&(committed + 1));

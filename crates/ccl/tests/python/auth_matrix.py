@@ -64,6 +64,7 @@ def main():
                 set_role(target, "Reader")
                 p = path.replace("{txid}", "1.1").replace("{user_id}", target)
                 p = p.replace("{proposalId}", "ab" * 32).replace("{memberId}", "cd" * 32)
+                p = p.replace("{collectionId}", "matrix-collection")
                 q = f"{p}{'&' if '?' in p else '?'}{API}" if p.startswith("/app") else p
                 if p.startswith("/gov"):
                     q = f"{p}?api-version=2024-07-01"
