@@ -168,7 +168,7 @@ impl Engine {
                 ledger_dir.display()
             )));
         }
-        let mut engine = recovery::open(dir, cfg, identity, LedgerSecrets::new(secret))?;
+        let mut engine = recovery::open(dir, cfg, identity, LedgerSecrets::new(secret), false)?;
         engine.view = 1;
         engine.shared.current_view.store(1, Ordering::Release);
         let id = engine.identity.clone();
@@ -213,7 +213,55 @@ impl Engine {
         identity: Identity,
         secrets: LedgerSecrets,
     ) -> Result<Engine, EngineError> {
-        recovery::open(dir, cfg, identity, secrets)
+        recovery::open(dir, cfg, identity, secrets, false)
+    }
+
+    /// Opens a ledger of which only the public domain can be read before the first secret in
+    /// `secrets` applies (disaster recovery: the old service's secrets come back later, from the
+    /// members' shares, through [`Engine::recover_private`]). Entries with no secret are replayed
+    /// public maps only.
+    pub fn open_public_only(
+        dir: &Path,
+        cfg: EngineConfig,
+        identity: Identity,
+        secrets: LedgerSecrets,
+    ) -> Result<Engine, EngineError> {
+        recovery::open(dir, cfg, identity, secrets, true)
+    }
+
+    /// Disaster recovery, once the old service's ledger secrets are back: adds them, decrypts the
+    /// private domain of every entry before the first secret this engine had (each must
+    /// authenticate under its secret), and restores the private maps as they were at the end of
+    /// the old ledger. Returns how many private maps were restored.
+    pub fn recover_private(&mut self, old: LedgerSecrets) -> Result<usize, EngineError> {
+        // Checked on a copy: wrong secrets change nothing.
+        let mut merged = self.ledger_secrets();
+        let first_new = merged.iter().next().map_or(1, |(from, _)| from);
+        for (from, s) in old.iter() {
+            if from < first_new {
+                merged.insert(from, LedgerSecret::from_bytes(*s.raw()));
+            }
+        }
+        let mut private = ccl_store::State::default();
+        for seqno in self.shared.first_seqno..first_new {
+            let bytes = self.shared.reader.read_entry(seqno)?;
+            let corrupt = |m: &str| EngineError::Invalid(format!("recovering entry {seqno}: {m}"));
+            let (e, _) = Entry::parse(&bytes).map_err(|e| corrupt(&e.to_string()))?;
+            let secret = merged
+                .for_seqno(seqno)
+                .ok_or_else(|| corrupt("no ledger secret for it"))?;
+            let plain = e
+                .decrypt_private(secret.aead())
+                .map_err(|_| corrupt("does not decrypt with the recovered ledger secrets"))?;
+            let maps = decode_maps(&plain).map_err(|e| corrupt(&e.to_string()))?;
+            private.apply(seqno, &maps);
+        }
+        *self
+            .shared
+            .secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = merged;
+        Ok(self.store.restore_maps(&private))
     }
 
     /// A cloneable, thread-safe handle for reads.
@@ -348,13 +396,8 @@ impl Engine {
         self.store.apply(seqno, &maps);
         let leaf = pd.leaf(&e.write_set_digest());
         let end_chunk = e.flags & FLAG_FORCE_CHUNK_AFTER != 0;
-        drop(maps);
-        self.record_entry(
-            seqno,
-            bytes,
-            leaf,
-            signature.is_some().then_some(end_chunk),
-        )?;
+        self.record_entry(seqno, bytes, leaf, signature.is_some().then_some(end_chunk))?;
+        learn_secrets(&self.shared, &self.identity, seqno, &maps)?;
         Ok(e.txid)
     }
 
@@ -391,16 +434,14 @@ impl Engine {
             ));
         }
         let (seqno, ws) = self.store.commit(tx)?;
-        let r = self.append_write_set(
-            seqno,
-            &ws.map_writes(),
-            claims_digest.unwrap_or([0u8; 32]),
-            None,
-        );
+        let maps = ws.map_writes();
+        let r = self.append_write_set(seqno, &maps, claims_digest.unwrap_or([0u8; 32]), None);
         if r.is_err() {
             // The store moved but the ledger did not: undo the store, or nothing is consistent.
             let _ = self.store.rollback(seqno - 1);
+            return r;
         }
+        learn_secrets(&self.shared, &self.identity, seqno, &maps)?;
         r
     }
 
@@ -621,7 +662,7 @@ impl Engine {
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
             let secret = secrets
-                .latest()
+                .for_seqno(seqno)
                 .ok_or_else(|| EngineError::Invalid("no ledger secret".into()))?;
             encode_snapshot(
                 txid,
@@ -729,6 +770,12 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .truncate(seqno + 1)?;
         self.shared.truncate(seqno);
+        // A secret from `s` was handed out by the rekey at `s - 1`: gone with it.
+        self.shared
+            .secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .truncate_after(seqno + 1);
         self.last_sig_seqno = self.shared.last_signature_at_or_before(seqno);
         self.pending_snapshots.retain(|p| p.evidence_seqno <= seqno);
         self.txs_since_sig = seqno - self.last_sig_seqno;
@@ -775,6 +822,56 @@ impl Engine {
             .flush()?;
         Ok(last)
     }
+}
+
+/// Learns the ledger secrets the entry at `seqno` hands to this node (a rekey or a recovery
+/// writes them, sealed to each node's key, in [`tables::ENCRYPTED_LEDGER_SECRETS`]): each applies
+/// from its `version`, or from the next seqno. The ledger is where a node's later secrets come
+/// from, on every replica and on every replay, so they need no other copy on disk.
+pub(crate) fn learn_secrets(
+    shared: &handle::Shared,
+    identity: &Identity,
+    seqno: u64,
+    maps: &[MapWrites<'_>],
+) -> Result<usize, EngineError> {
+    let Some(m) = maps
+        .iter()
+        .find(|m| m.name == tables::ENCRYPTED_LEDGER_SECRETS)
+    else {
+        return Ok(0);
+    };
+    let bad = |m: String| EngineError::Invalid(format!("ledger secrets at seqno {seqno}: {m}"));
+    let Some((_, v)) = m.writes.first() else {
+        return Ok(0);
+    };
+    let all: tables::LedgerSecretsForNodes =
+        serde_json::from_slice(v).map_err(|e| bad(e.to_string()))?;
+    let Some(mine) = all.get(&identity.node_id()) else {
+        return Ok(0);
+    };
+    let mut learned = 0;
+    for s in mine {
+        let raw = ccl_crypto::ecies::open_with(
+            &identity.node_key,
+            tables::LEDGER_SECRET_ECIES_INFO,
+            &s.encrypted_secret,
+        )
+        .map_err(|_| bad("this node's copy does not decrypt with its key".into()))?;
+        let raw: [u8; ccl_ledger::secrets::LEDGER_SECRET_LEN] = raw[..]
+            .try_into()
+            .map_err(|_| bad("a ledger secret of the wrong length".into()))?;
+        let from = s.version.unwrap_or(seqno + 1);
+        if shared
+            .secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(from, LedgerSecret::from_bytes(raw))
+        {
+            learned += 1;
+            tracing::info!(from, "ledger secret learned from the ledger");
+        }
+    }
+    Ok(learned)
 }
 
 /// The latest committed snapshot file in the data directory `dir`: its name and bytes (the

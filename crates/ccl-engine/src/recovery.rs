@@ -22,16 +22,14 @@ pub(crate) fn open(
     cfg: EngineConfig,
     identity: Identity,
     secrets: LedgerSecrets,
+    public_only: bool,
 ) -> Result<Engine, EngineError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let ledger_dir = dir.join(LEDGER_DIR);
-    // An entry of the in-progress chunk is accepted only if it authenticates under its ledger
-    // secret: a torn or scribbled tail is cut, never replayed.
-    let mut check = |e: &Entry<'_>| {
-        secrets
-            .for_seqno(e.txid.seqno)
-            .is_some_and(|s| e.decrypt_private(s.aead()).is_ok())
-    };
+    // Opening checks the in-progress chunk's structure; whether each of its entries authenticates
+    // under its ledger secret is checked by the replay below, which learns the secrets that
+    // rekeys hand out through the ledger as it goes: a torn or scribbled tail is cut there.
+    let mut check = |_: &Entry<'_>| true;
     let (ledger, report) = Ledger::open(
         &ledger_dir,
         LedgerOptions {
@@ -50,7 +48,8 @@ pub(crate) fn open(
         ledger.set_start(n.seqno + 1);
     }
     let first = ledger.first_seqno();
-    let last = ledger.last_seqno();
+    let mut last = ledger.last_seqno();
+    let open_chunk_start = ledger.open_chunk_start();
     let reader = ledger.reader();
 
     // Store: the latest committed snapshot the ledger continues from, or the empty state.
@@ -138,10 +137,45 @@ pub(crate) fn open(
     let mut view = 0;
     let mut last_sig = 0;
     let mut last_sig_root = None;
-    for seqno in first..=last {
+    let identity = Arc::new(identity);
+    let mut seqno = first;
+    while seqno <= last {
         let bytes = reader.read_entry(seqno)?;
         let corrupt = |m: String| EngineError::Corrupt(format!("ledger entry {seqno}: {m}"));
         let (e, _) = Entry::parse(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        // The private domain, decrypted under the secret of its seqno: needed to replay it, and
+        // to check every entry of the in-progress chunk (a torn tail is cut at the first entry
+        // that does not authenticate).
+        let in_progress = open_chunk_start.is_some_and(|s| seqno >= s);
+        let plain = if seqno > snapshot_seqno || in_progress {
+            let secrets = shared.secrets.read().unwrap_or_else(|p| p.into_inner());
+            match secrets
+                .for_seqno(seqno)
+                .map(|s| e.decrypt_private(s.aead()))
+            {
+                Some(Ok(p)) => Some(p),
+                None if public_only => None,
+                _ if in_progress => {
+                    drop(secrets);
+                    tracing::warn!(
+                        from = seqno,
+                        to = last,
+                        "cut the ledger's torn tail: an entry does not authenticate"
+                    );
+                    ledger.truncate(seqno - 1)?;
+                    last = seqno - 1;
+                    let mut t = shared.tree.lock().unwrap_or_else(|p| p.into_inner());
+                    if t.len() > seqno {
+                        t.truncate(seqno)?;
+                    }
+                    break;
+                }
+                None => return Err(corrupt("no ledger secret for it".into())),
+                Some(Err(_)) => return Err(corrupt("fails its integrity check".into())),
+            }
+        } else {
+            None
+        };
         if e.txid.seqno != seqno || e.txid.view < view {
             return Err(corrupt(format!(
                 "has transaction id {} after view {view}",
@@ -175,21 +209,20 @@ pub(crate) fn open(
                 t.append(pd.leaf(&e.write_set_digest()))?;
             }
         }
-        if seqno > snapshot_seqno {
-            let secrets = shared.secrets.read().unwrap_or_else(|p| p.into_inner());
-            let secret = secrets
-                .for_seqno(seqno)
-                .ok_or_else(|| corrupt("no ledger secret for it".into()))?;
-            let plain = e
-                .decrypt_private(secret.aead())
-                .map_err(|_| corrupt("fails its integrity check".into()))?;
-            let mut maps = Vec::new();
-            for m in pd.map_iter() {
-                maps.push(m.map_err(|e| corrupt(e.to_string()))?);
-            }
-            maps.extend(decode_maps(&plain).map_err(|e| corrupt(e.to_string()))?);
-            store.apply(seqno, &maps);
+        let mut maps = Vec::new();
+        for m in pd.map_iter() {
+            maps.push(m.map_err(|e| corrupt(e.to_string()))?);
         }
+        if seqno > snapshot_seqno {
+            let public = maps.len();
+            if let Some(plain) = &plain {
+                maps.extend(decode_maps(plain).map_err(|e| corrupt(e.to_string()))?);
+            }
+            store.apply(seqno, &maps);
+            maps.truncate(public);
+        }
+        crate::learn_secrets(&shared, &identity, seqno, &maps)?;
+        seqno += 1;
     }
     assert_eq!(
         store.version(),
@@ -246,7 +279,7 @@ pub(crate) fn open(
         store,
         ledger,
         shared,
-        identity: Arc::new(identity),
+        identity,
         view,
         last_sig_seqno: last_sig,
         last_sig_at: Instant::now(),

@@ -392,3 +392,185 @@ fn create_refuses_an_existing_ledger() {
         .is_err()
     );
 }
+
+/// A rekey transaction as a service writes it: the new secret sealed to each of `nodes`.
+fn rekey_tx(e: &mut Engine, nodes: &[&Identity], secret: &[u8; 32]) -> u64 {
+    let mut all = tables::LedgerSecretsForNodes::new();
+    for n in nodes {
+        let sealed = ccl_crypto::ecies::seal_to(
+            &n.node_key.verifying_key(),
+            tables::LEDGER_SECRET_ECIES_INFO,
+            secret,
+        )
+        .unwrap();
+        all.insert(
+            n.node_id(),
+            vec![tables::EncryptedLedgerSecret {
+                version: None,
+                encrypted_secret: sealed,
+                previous_secret_stored_version: None,
+            }],
+        );
+    }
+    let mut tx = e.store().begin();
+    tx.put(
+        tables::ENCRYPTED_LEDGER_SECRETS,
+        &tables::SINGLETON_KEY,
+        &json(&all),
+    )
+    .unwrap();
+    e.commit(tx, None).unwrap().seqno
+}
+
+#[test]
+fn a_rekey_through_the_ledger_reaches_backups_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let bdir = tempfile::tempdir().unwrap();
+    let (mut e, id) = new_engine(dir.path(), cfg());
+    // A backup: another node of the same service.
+    let bkey = ccl_crypto::SigningKey::generate(ccl_crypto::Curve::P384).unwrap();
+    let bid = Identity {
+        node_cert: Identity::endorse_node(
+            &bkey.verifying_key(),
+            &[],
+            &id.service_key,
+            &id.service_cert,
+        )
+        .unwrap(),
+        node_key: bkey,
+        service_key: id.service_key.clone(),
+        service_cert: id.service_cert.clone(),
+    };
+    let mut b = Engine::open(bdir.path(), cfg(), bid.clone(), secrets()).unwrap();
+    write(&mut e, 0, 5);
+    let r = rekey_tx(&mut e, &[&id, &bid], &[9u8; 32]);
+    assert_eq!(
+        e.ledger_secrets().for_seqno(r + 1).unwrap().raw(),
+        &[9u8; 32],
+        "the primary uses the new secret from the next seqno"
+    );
+    assert_eq!(e.ledger_secrets().for_seqno(r).unwrap().raw(), &SECRET);
+    write(&mut e, 5, 5);
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    for s in 1..=last {
+        b.append_replicated(&e.handle().raw_entry(s).unwrap())
+            .unwrap();
+    }
+    b.commit_up_to(last).unwrap();
+    assert_eq!(
+        b.handle()
+            .read_transaction(r + 1)
+            .unwrap()
+            .written("records", b"k000005")
+            .unwrap(),
+        b"PRIVATE-PLAINTEXT-5"
+    );
+    drop(e);
+    drop(b);
+    // Reopened with only the first (sealed) secret: the ledger hands over the second.
+    for (d, i) in [(dir.path(), &id), (bdir.path(), &bid)] {
+        let e = Engine::open(d, cfg(), i.clone(), secrets()).unwrap();
+        assert_eq!(e.last_seqno(), last, "nothing cut");
+        assert_eq!(e.ledger_secrets().len(), 2);
+        assert_eq!(
+            e.store().state().get("records", b"k000009").unwrap().value,
+            &b"PRIVATE-PLAINTEXT-9"[..]
+        );
+        check_receipt(&e.handle().receipt(r + 2).unwrap(), &id.service_cert);
+    }
+}
+
+#[test]
+fn a_rolled_back_rekey_takes_its_secret_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, id) = new_engine(dir.path(), cfg());
+    write(&mut e, 0, 3);
+    e.emit_signature().unwrap();
+    let keep = e.last_seqno();
+    e.commit_up_to(keep).unwrap();
+    let r = rekey_tx(&mut e, &[&id], &[9u8; 32]);
+    write(&mut e, 100, 2);
+    assert_eq!(e.ledger_secrets().len(), 2);
+    e.rollback(keep).unwrap();
+    assert_eq!(e.ledger_secrets().len(), 1);
+    assert!(r > keep);
+    write(&mut e, 200, 3);
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    drop(e);
+    let e = Engine::open(dir.path(), cfg(), id, secrets()).unwrap();
+    assert_eq!(e.last_seqno(), last);
+    assert_eq!(e.ledger_secrets().len(), 1);
+}
+
+#[test]
+fn a_torn_tail_after_a_rekey_is_cut_at_the_first_entry_that_does_not_authenticate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg();
+    c.chunk_size = 1 << 20; // everything in the in-progress chunk
+    let (mut e, id) = new_engine(dir.path(), c.clone());
+    write(&mut e, 0, 2);
+    rekey_tx(&mut e, &[&id], &[9u8; 32]);
+    write(&mut e, 2, 4);
+    let last = e.last_seqno();
+    e.sync().unwrap();
+    drop(e);
+    // Scribble on the private domain of the last entry.
+    let path = std::fs::read_dir(dir.path().join(LEDGER_DIR))
+        .unwrap()
+        .flatten()
+        .map(|d| d.path())
+        .find(|p| !p.to_string_lossy().ends_with(".committed"))
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x55;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = Engine::open(dir.path(), c, id, secrets()).unwrap();
+    assert_eq!(e.last_seqno(), last - 1, "only the scribbled entry is cut");
+    assert_eq!(e.ledger_secrets().len(), 2);
+}
+
+#[test]
+fn recover_private_restores_the_private_maps_of_a_public_only_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, id) = new_engine(dir.path(), cfg());
+    write(&mut e, 0, 4);
+    let r = rekey_tx(&mut e, &[&id], &[9u8; 32]);
+    write(&mut e, 4, 4);
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    drop(e);
+    // A new identity replays the public domain only, then gets the secrets back.
+    let newer = Identity::generate(&[]).unwrap();
+    let mut recovering = LedgerSecrets::default();
+    recovering.push(last + 1, LedgerSecret::from_bytes([11u8; 32]));
+    let mut p = Engine::open_public_only(dir.path(), cfg(), newer, recovering).unwrap();
+    assert!(
+        p.store()
+            .state()
+            .get("public:records", b"k000007")
+            .is_some()
+    );
+    assert!(p.store().state().get("records", b"k000007").is_none());
+    // Wrong secrets are refused.
+    let mut wrong = LedgerSecrets::new(LedgerSecret::from_bytes([1u8; 32]));
+    wrong.push(r + 1, LedgerSecret::from_bytes([9u8; 32]));
+    assert!(p.recover_private(wrong).is_err());
+    let mut old = secrets();
+    old.push(r + 1, LedgerSecret::from_bytes([9u8; 32]));
+    assert!(p.recover_private(old).unwrap() >= 1);
+    assert_eq!(
+        p.store().state().get("records", b"k000007").unwrap().value,
+        &b"PRIVATE-PLAINTEXT-7"[..]
+    );
+    assert_eq!(
+        p.handle()
+            .read_transaction(r + 1)
+            .unwrap()
+            .written("records", b"k000004")
+            .unwrap(),
+        b"PRIVATE-PLAINTEXT-4"
+    );
+}

@@ -304,6 +304,11 @@ impl Ledger {
         self.committed_seqno
     }
 
+    /// First seqno of the in-progress chunk, if there is one.
+    pub fn open_chunk_start(&self) -> Option<u64> {
+        self.current.as_ref().map(|c| c.start)
+    }
+
     /// Whether there is an in-progress chunk with entries in it.
     pub fn has_open_chunk(&self) -> bool {
         self.current

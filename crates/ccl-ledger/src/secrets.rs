@@ -93,6 +93,47 @@ impl LedgerSecrets {
         self.secrets.push((from_seqno, secret));
     }
 
+    /// Adds a secret that applies from `from_seqno` on, in order, replacing one that applied
+    /// from the same seqno (the ledger's copy wins over a sealed one). Returns whether it changed
+    /// anything.
+    pub fn insert(&mut self, from_seqno: u64, secret: LedgerSecret) -> bool {
+        let i = self.secrets.partition_point(|(s, _)| *s < from_seqno);
+        match self.secrets.get(i) {
+            Some((s, k)) if *s == from_seqno => {
+                if k.raw() == secret.raw() {
+                    return false;
+                }
+                self.secrets[i].1 = secret;
+            }
+            _ => self.secrets.insert(i, (from_seqno, secret)),
+        }
+        true
+    }
+
+    /// The seqno the newest secret applies from.
+    pub fn latest_from(&self) -> Option<u64> {
+        self.secrets.last().map(|(s, _)| *s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.secrets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// A copy (secrets are not `Clone`, so that copies are deliberate).
+    pub fn duplicate(&self) -> LedgerSecrets {
+        LedgerSecrets {
+            secrets: self
+                .secrets
+                .iter()
+                .map(|(s, k)| (*s, LedgerSecret::from_bytes(*k.raw())))
+                .collect(),
+        }
+    }
+
     /// The secret that applies at `seqno`.
     pub fn for_seqno(&self, seqno: u64) -> Option<&LedgerSecret> {
         let i = self.secrets.partition_point(|(s, _)| *s <= seqno);
@@ -150,5 +191,12 @@ mod tests {
         assert!(all.for_seqno(0).is_none());
         all.truncate_after(9);
         assert_eq!(all.latest().unwrap().raw(), &[1u8; 32]);
+        assert!(all.insert(20, LedgerSecret::from_bytes([3u8; 32])));
+        assert!(all.insert(10, LedgerSecret::from_bytes([2u8; 32])));
+        assert!(!all.insert(10, LedgerSecret::from_bytes([2u8; 32])));
+        assert!(all.insert(10, LedgerSecret::from_bytes([4u8; 32])));
+        assert_eq!(all.for_seqno(15).unwrap().raw(), &[4u8; 32]);
+        assert_eq!(all.latest_from(), Some(20));
+        assert_eq!(all.duplicate().len(), 3);
     }
 }

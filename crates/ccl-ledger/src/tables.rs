@@ -21,6 +21,101 @@ pub const ENDORSED_CERTIFICATES: &str = "public:ccf.gov.nodes.endorsed_certifica
 /// The service: key [`SINGLETON_KEY`], value [`ServiceInfo`] JSON.
 pub const SERVICE_INFO: &str = "public:ccf.gov.service.info";
 
+/// Ledger secrets handed to nodes through the ledger (CCF's name and shape): key
+/// [`SINGLETON_KEY`], value [`LedgerSecretsForNodes`] JSON. Written by a rekey (the new secret,
+/// ECIES-sealed to each Trusted node's key, applying from the next seqno) and by a recovery.
+pub const ENCRYPTED_LEDGER_SECRETS: &str = "public:ccf.internal.encrypted_ledger_secrets";
+/// The chain of ledger secrets (CCF's name and shape): key [`SINGLETON_KEY`], value
+/// [`EncryptedLedgerSecretInfo`] JSON; each rekey records the previous secret encrypted under the
+/// new one, so the latest secret recovers every older one. CCF's
+/// `verify_ledger_secrets_chain.py` checks it.
+pub const HISTORICAL_ENCRYPTED_LEDGER_SECRET: &str =
+    "public:ccf.internal.historical_encrypted_ledger_secret";
+/// Recovery shares (CCF's name and shape): key [`SINGLETON_KEY`], value [`RecoverySharesInfo`]
+/// JSON.
+pub const RECOVERY_SHARES: &str = "public:ccf.internal.recovery_shares";
+/// The X.509 endorsements of earlier service identities by the current one, oldest first: key
+/// [`SINGLETON_KEY`], value a JSON array of PEM strings (receipts' `serviceEndorsements`).
+pub const SERVICE_ENDORSEMENTS: &str = "public:ccl.internal.service_endorsements";
+
+/// ECIES `info` of a ledger secret sealed to a node's key.
+pub const LEDGER_SECRET_ECIES_INFO: &[u8] = b"ccl ledger secret for a node v1";
+
+/// Base64, as CCF's JSON holds byte vectors.
+mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One ledger secret sealed to one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedLedgerSecret {
+    /// Seqno the secret applies from; `None`: from the seqno after the transaction that wrote it.
+    pub version: Option<u64>,
+    /// ECIES to the node's key ([`LEDGER_SECRET_ECIES_INFO`]).
+    #[serde(with = "b64")]
+    pub encrypted_secret: Vec<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_stored_version: Option<u64>,
+}
+
+/// Node id -> the secrets sealed to it.
+pub type LedgerSecretsForNodes = std::collections::BTreeMap<String, Vec<EncryptedLedgerSecret>>;
+
+/// A ledger secret encrypted under its successor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousLedgerSecretInfo {
+    /// AES-GCM blob (`tag ‖ IV ‖ ciphertext`) under the next secret.
+    #[serde(with = "b64")]
+    pub encrypted_data: Vec<u8>,
+    /// Seqno the encrypted secret applies from.
+    pub version: u64,
+    /// Seqno of the previous write of this map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_stored_version: Option<u64>,
+}
+
+/// One link of the chain of ledger secrets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedLedgerSecretInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_ledger_secret: Option<PreviousLedgerSecretInfo>,
+    /// Seqno the latest secret applies from, when it is not the one after this transaction
+    /// (genesis, recovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_version: Option<u64>,
+}
+
+/// The latest ledger secret, wrapped, and the shares of the wrapping key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverySharesInfo {
+    /// The latest ledger secret, AES-GCM blob under the wrapping key.
+    #[serde(with = "b64")]
+    pub wrapped_latest_ledger_secret: Vec<u8>,
+    /// Member id -> base64 of the member's share, RSA-OAEP-SHA256 to its encryption key.
+    pub encrypted_shares: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_stored_version: Option<u64>,
+    /// ccl: member id -> hex SHA-256 of the member's share, so that a wrong share is refused
+    /// when it is submitted rather than when shares are combined.
+    #[serde(default)]
+    pub share_digests: std::collections::BTreeMap<String, String>,
+    /// ccl: shares needed.
+    #[serde(default)]
+    pub threshold: usize,
+}
+
 /// Key of single-entry maps (CCF's well-known singleton key).
 pub const SINGLETON_KEY: [u8; 8] = [0u8; 8];
 

@@ -539,6 +539,21 @@ impl Store {
             .push_back(undo);
     }
 
+    /// Adds the maps of `state` that the current state does not have, with their versions (a
+    /// recovered service gets back the private maps of the ledger it recovered, which no later
+    /// transaction wrote). Returns how many maps were added.
+    pub fn restore_maps(&self, state: &State) -> usize {
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut added = 0;
+        for (name, ms) in state.maps() {
+            if cur.maps.get(&**name).is_none() {
+                cur.maps.insert(name.clone(), ms.clone());
+                added += 1;
+            }
+        }
+        added
+    }
+
     /// Forgets how to undo versions up to `version` (it is committed: never rolled back).
     pub fn compact(&self, version: u64) {
         let mut h = self.history.write().unwrap_or_else(|p| p.into_inner());
