@@ -361,8 +361,14 @@ impl Engine {
         let pd = e.public_domain().map_err(|e| bad(e.to_string()))?;
         let mut maps = Vec::new();
         let mut signature = None;
+        let mut evidence = None;
         for m in pd.map_iter() {
             let m = m.map_err(|e| bad(e.to_string()))?;
+            if m.name == tables::SNAPSHOT_EVIDENCE
+                && let Some((_, v)) = m.writes.first()
+            {
+                evidence = serde_json::from_slice::<SnapshotEvidence>(v).ok();
+            }
             if m.name == tables::SIGNATURES {
                 let (_, v) = m
                     .writes
@@ -393,10 +399,36 @@ impl Engine {
         if e.txid.view != self.view {
             self.set_view(e.txid.view);
         }
+        // The primary's snapshot evidence for the state this replica has now (the signature just
+        // before it): this replica makes the same snapshot (its encoding is deterministic) and
+        // keeps it if it hashes to the evidence, so every node has snapshots to restart from.
+        let snapshot = match evidence {
+            Some(ev) if ev.version == seqno - 1 && ev.version == self.last_sig_seqno => {
+                let bytes = self.encode_snapshot(ev.version)?;
+                if hex::encode(sha256(&bytes)) == ev.hash {
+                    Some((ev.version, bytes))
+                } else {
+                    tracing::warn!(
+                        seqno = ev.version,
+                        "this replica's snapshot differs from the primary's evidence: not kept"
+                    );
+                    None
+                }
+            }
+            _ => None,
+        };
         self.store.apply(seqno, &maps);
         let leaf = pd.leaf(&e.write_set_digest());
         let end_chunk = e.flags & FLAG_FORCE_CHUNK_AFTER != 0;
         self.record_entry(seqno, bytes, leaf, signature.is_some().then_some(end_chunk))?;
+        if let Some((at, bytes)) = snapshot {
+            self.pending_snapshots.push(PendingSnapshot {
+                seqno: at,
+                evidence_seqno: seqno,
+                bytes,
+            });
+            self.last_snapshot_seqno = at;
+        }
         learn_secrets(&self.shared, &self.identity, seqno, &maps)?;
         Ok(e.txid)
     }
@@ -647,8 +679,34 @@ impl Engine {
                 "snapshots are taken at signature transactions".into(),
             ));
         }
+        let bytes = self.encode_snapshot(seqno)?;
+        let digest = sha256(&bytes);
+        let mut tx = self.store.begin();
+        let ev = SnapshotEvidence {
+            hash: hex::encode(digest),
+            version: seqno,
+        };
+        tx.put(
+            tables::SNAPSHOT_EVIDENCE,
+            &tables::SINGLETON_KEY,
+            &json(&ev),
+        )?;
+        let evidence = self.commit(tx, Some(digest))?;
+        self.pending_snapshots.push(PendingSnapshot {
+            seqno,
+            evidence_seqno: evidence.seqno,
+            bytes,
+        });
+        self.last_snapshot_seqno = seqno;
+        Ok(())
+    }
+
+    /// The snapshot of the current state, which is the state at `seqno` (the last transaction).
+    /// Deterministic: every replica encodes the same bytes for the same seqno.
+    fn encode_snapshot(&self, seqno: u64) -> Result<Vec<u8>, EngineError> {
+        debug_assert_eq!(seqno, self.last_seqno());
         let state = self.store.state();
-        let txid = TxId::new(self.view, seqno);
+        let txid = TxId::new(self.shared.view_of(seqno).unwrap_or(self.view), seqno);
         let hash_at_snapshot = self
             .shared
             .tree
@@ -672,25 +730,7 @@ impl Engine {
                 secret.aead(),
             )
         };
-        let digest = sha256(&bytes);
-        let mut tx = self.store.begin();
-        let ev = SnapshotEvidence {
-            hash: hex::encode(digest),
-            version: seqno,
-        };
-        tx.put(
-            tables::SNAPSHOT_EVIDENCE,
-            &tables::SINGLETON_KEY,
-            &json(&ev),
-        )?;
-        let evidence = self.commit(tx, Some(digest))?;
-        self.pending_snapshots.push(PendingSnapshot {
-            seqno,
-            evidence_seqno: evidence.seqno,
-            bytes,
-        });
-        self.last_snapshot_seqno = seqno;
-        Ok(())
+        Ok(bytes)
     }
 
     /// Writes out what was appended and returns a handle to fsync it outside any lock (group

@@ -422,6 +422,73 @@ fn rekey_tx(e: &mut Engine, nodes: &[&Identity], secret: &[u8; 32]) -> u64 {
     e.commit(tx, None).unwrap().seqno
 }
 
+/// A backup of the same service (its own node key, endorsed by the service).
+fn backup_identity(id: &Identity) -> Identity {
+    let bkey = ccl_crypto::SigningKey::generate(ccl_crypto::Curve::P384).unwrap();
+    Identity {
+        node_cert: Identity::endorse_node(
+            &bkey.verifying_key(),
+            &[],
+            &id.service_key,
+            &id.service_cert,
+        )
+        .unwrap(),
+        node_key: bkey,
+        service_key: id.service_key.clone(),
+        service_cert: id.service_cert.clone(),
+    }
+}
+
+#[test]
+fn a_backup_writes_the_same_snapshots_as_the_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let bdir = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig {
+        snapshot_interval_txs: 20,
+        ..cfg()
+    };
+    let (mut e, id) = new_engine(dir.path(), cfg.clone());
+    let mut b = Engine::open(bdir.path(), cfg.clone(), backup_identity(&id), secrets()).unwrap();
+    write(&mut e, 0, 65);
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    for s in 1..=last {
+        b.append_replicated(&e.handle().raw_entry(s).unwrap())
+            .unwrap();
+    }
+    b.commit_up_to(last).unwrap();
+    let snaps = |d: &Path| -> Vec<(String, Vec<u8>)> {
+        walk(&d.join(SNAPSHOTS_DIR))
+            .into_iter()
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&p).unwrap())
+            })
+            .collect()
+    };
+    let (ps, bs) = (snaps(dir.path()), snaps(bdir.path()));
+    let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert!(
+        ps.len() >= 2,
+        "the primary wrote snapshots: {:?}",
+        names(&ps)
+    );
+    assert_eq!(
+        names(&ps),
+        names(&bs),
+        "the backup wrote the same snapshots"
+    );
+    for ((n, p), (_, b)) in ps.iter().zip(&bs) {
+        // Same snapshot, same receipt (both replicas hold the same signatures).
+        ccl_ledger::snapshot::split_snapshot_file(b).unwrap();
+        assert!(p == b, "{n} differs between the primary and the backup");
+    }
+    // The backup restarts from its own snapshot.
+    drop(b);
+    let b = Engine::open(bdir.path(), cfg, backup_identity(&id), secrets()).unwrap();
+    assert_eq!(b.last_seqno(), last);
+}
+
 #[test]
 fn a_rekey_through_the_ledger_reaches_backups_and_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
