@@ -253,6 +253,9 @@ pub struct ReceiptData {
     pub signature: Vec<u8>,
     /// Seqno of the signature transaction that covers the transaction.
     pub signature_seqno: u64,
+    /// Certificates that chain the signing service identity to the current one (a transaction
+    /// from before a disaster recovery), oldest first.
+    pub service_endorsements: Vec<String>,
 }
 
 impl ReceiptData {
@@ -289,7 +292,7 @@ impl ReceiptData {
                 claims_digest: self.claims_digest,
             },
             is_signature_transaction: false,
-            service_endorsements: Vec::new(),
+            service_endorsements: self.service_endorsements.clone(),
         }
     }
 }
@@ -419,7 +422,24 @@ impl EngineHandle {
             proof,
             signature: sig.sig.clone(),
             signature_seqno: sig_seqno,
+            service_endorsements: self.service_endorsements(seqno),
         })
+    }
+
+    /// The endorsements a receipt for `seqno` needs: those of every service identity from the
+    /// one that signed it on, oldest first (none for the current service's transactions).
+    pub fn service_endorsements(&self, seqno: u64) -> Vec<String> {
+        let state = self.store.state();
+        let Some(v) = state.get(tables::SERVICE_ENDORSEMENTS, &tables::SINGLETON_KEY) else {
+            return Vec::new();
+        };
+        let mut all: Vec<tables::ServiceEndorsement> =
+            serde_json::from_slice(&v.value).unwrap_or_default();
+        all.sort_by_key(|e| e.to_seqno);
+        all.into_iter()
+            .filter(|e| e.to_seqno >= seqno)
+            .map(|e| e.cert)
+            .collect()
     }
 
     /// Reads back the transaction at `seqno` from the ledger, private maps decrypted.

@@ -188,7 +188,7 @@ const actions = new Map([
       checkOptionalType(args.next_service_identity, "string", "next_service_identity");
       checkOptionalType(args.previous_service_identity, "string", "previous_service_identity");
     },
-    () => ccf.node.transitionServiceToOpen(),
+    (args) => ccf.node.transitionServiceToOpen(args.previous_service_identity, args.next_service_identity),
   )],
   ["trigger_ledger_rekey", new Action(
     (args) => checkKeys(args, []),
@@ -199,8 +199,11 @@ const actions = new Map([
     () => ccf.node.triggerSnapshot(),
   )],
   // Not yet carried out by ccl: refused at validation rather than accepted and ignored.
-  ...["trigger_recovery_shares_refresh", "set_node_certificate_validity",
-    "set_service_certificate_validity"].map((name) => [name, new Action(
+  ["trigger_recovery_shares_refresh", new Action(
+    (args) => checkKeys(args, []),
+    () => ccf.node.triggerRecoverySharesRefresh(),
+  )],
+  ...["set_node_certificate_validity", "set_service_certificate_validity"].map((name) => [name, new Action(
     () => { throw new Error(`${name} is not supported by this version of ccl`); },
     () => { throw new Error(`${name} is not supported by this version of ccl`); },
   )]),

@@ -49,8 +49,13 @@ pub enum Access {
 pub struct Effects {
     /// `ccf.node.transitionServiceToOpen()`.
     pub open_service: bool,
+    /// `ccf.node.transitionServiceToOpen(previous, next)`: the previous service identity (PEM)
+    /// a recovering service must name.
+    pub previous_service_identity: Option<String>,
     /// `ccf.node.triggerLedgerRekey()`.
     pub rekey: bool,
+    /// `ccf.node.triggerRecoverySharesRefresh()`.
+    pub refresh_shares: bool,
     /// `ccf.node.triggerSnapshot()`.
     pub snapshot: bool,
 }
@@ -162,8 +167,10 @@ const PRELUDE: &str = r#"
     pemToId: (pem) => n.pemToId(String(pem)),
     crypto: Object.freeze({ isValidX509CertBundle: (pem) => n.validCert(String(pem)) }),
     node: Object.freeze({
-      transitionServiceToOpen: () => n.effect("open_service"),
+      transitionServiceToOpen: (previous, next) =>
+        n.effect("open_service", previous === undefined || previous === null ? "" : String(previous)),
       triggerLedgerRekey: () => n.effect("rekey"),
+      triggerRecoverySharesRefresh: () => n.effect("refresh_shares"),
       triggerSnapshot: () => n.effect("snapshot"),
     }),
   });
@@ -280,7 +287,10 @@ fn install(ctx: &Ctx<'_>, host: &Rc<Host>) -> rquickjs::Result<()> {
         "__ccl_effect",
         Function::new(
             ctx.clone(),
-            move |ctx: Ctx<'_>, what: String| -> rquickjs::Result<()> {
+            move |ctx: Ctx<'_>,
+                  what: String,
+                  arg: rquickjs::function::Opt<String>|
+                  -> rquickjs::Result<()> {
                 if h.access != Access::Write {
                     return Err(Exception::throw_message(
                         &ctx,
@@ -289,8 +299,12 @@ fn install(ctx: &Ctx<'_>, host: &Rc<Host>) -> rquickjs::Result<()> {
                 }
                 let mut e = h.effects.borrow_mut();
                 match what.as_str() {
-                    "open_service" => e.open_service = true,
+                    "open_service" => {
+                        e.open_service = true;
+                        e.previous_service_identity = arg.0.filter(|a| !a.is_empty());
+                    }
                     "rekey" => e.rekey = true,
+                    "refresh_shares" => e.refresh_shares = true,
                     "snapshot" => e.snapshot = true,
                     _ => return Err(Exception::throw_message(&ctx, "unknown node action")),
                 }

@@ -35,8 +35,17 @@ pub const HISTORICAL_ENCRYPTED_LEDGER_SECRET: &str =
 /// JSON.
 pub const RECOVERY_SHARES: &str = "public:ccf.internal.recovery_shares";
 /// The X.509 endorsements of earlier service identities by the current one, oldest first: key
-/// [`SINGLETON_KEY`], value a JSON array of PEM strings (receipts' `serviceEndorsements`).
+/// [`SINGLETON_KEY`], value a JSON array of [`ServiceEndorsement`] (receipts'
+/// `serviceEndorsements`).
 pub const SERVICE_ENDORSEMENTS: &str = "public:ccl.internal.service_endorsements";
+
+/// One earlier service identity, endorsed by its successor: a certificate for the earlier
+/// service key issued by the next service key, and the last seqno the earlier service signed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEndorsement {
+    pub cert: String,
+    pub to_seqno: u64,
+}
 
 /// ECIES `info` of a ledger secret sealed to a node's key.
 pub const LEDGER_SECRET_ECIES_INFO: &[u8] = b"ccl ledger secret for a node v1";

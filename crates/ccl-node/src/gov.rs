@@ -64,30 +64,38 @@ pub fn transact<R>(
 ) -> Result<R, ApiError> {
     let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
     let root = e.root();
+    let before = crate::secrets::recovery_config(&mut e.store().begin());
     let mut tx = e.store().begin();
     let (r, effects) = f(&mut tx, &root)?;
-    if effects.rekey && shared.network_size() > 1 {
-        // Backups could not decrypt entries under a secret they were never given; handing new
-        // secrets to every node through the ledger is issue 6's.
-        return Err(ApiError::bad(
-            "RekeyNotSupported",
-            "trigger_ledger_rekey is not supported yet on a network of several nodes",
-        ));
-    }
     if effects.open_service {
-        open_service(&mut tx)?;
+        open_service(&mut tx, effects.previous_service_identity.as_deref())?;
     }
     crate::join::endorse_trusted_nodes(&mut tx, e.identity())?;
-    e.commit(tx, None).map_err(ApiError::internal)?;
-    if effects.rekey {
-        use ccl_ledger::secrets::LedgerSecret;
-        let secret = LedgerSecret::generate().map_err(ApiError::internal)?;
-        // Sealed to disk before anything is encrypted under it, so a restart can read it all.
-        let mut all = e.ledger_secrets();
-        all.push(e.last_seqno() + 1, LedgerSecret::from_bytes(*secret.raw()));
-        crate::init::seal(&shared.data_dir, e.identity(), &all).map_err(ApiError::internal)?;
-        e.rekey(secret);
+    let after = crate::secrets::recovery_config(&mut tx);
+    if before.can_issue() && !after.can_issue() {
+        return Err(ApiError::bad(
+            "InvalidRecoveryThreshold",
+            format!(
+                "this would leave {} active recovery member(s) for a recovery threshold of {}: \
+                 the service could no longer be recovered",
+                after.members.len(),
+                after.threshold
+            ),
+        ));
     }
+    if effects.rekey {
+        // The new secret reaches every node through this transaction (each engine learns its
+        // copy when it applies it, and uses it from the next seqno on), with new shares.
+        let secret = ccl_ledger::secrets::LedgerSecret::generate().map_err(ApiError::internal)?;
+        crate::secrets::write_rekey(&mut tx, &e.ledger_secrets(), &secret)?;
+    } else if effects.refresh_shares || after != before {
+        let secrets = e.ledger_secrets();
+        let latest = secrets
+            .latest()
+            .ok_or_else(|| ApiError::internal("no ledger secret"))?;
+        crate::secrets::issue_shares(&mut tx, latest)?;
+    }
+    e.commit(tx, None).map_err(ApiError::internal)?;
     if effects.snapshot {
         // Snapshots are taken at signatures: sign everything so far, then snapshot.
         e.emit_signature().map_err(ApiError::internal)?;
@@ -104,14 +112,34 @@ pub fn with_effects(o: ccl_gov::Outcome) -> (ccl_gov::Outcome, ccl_gov::js::Effe
     (o, fx)
 }
 
-/// Service status Opening -> Open (`transition_service_to_open`).
-fn open_service(tx: &mut Tx) -> Result<(), GovError> {
+/// `transition_service_to_open`: a new service goes from Opening to Open; a recovering one, which
+/// must name the previous service identity, from Recovering to WaitingForRecoveryShares (it opens
+/// once the members' shares have recovered its private state).
+fn open_service(tx: &mut Tx, previous_identity: Option<&str>) -> Result<(), GovError> {
     let v = tx
         .get(tables::SERVICE_INFO, &tables::SINGLETON_KEY)
         .ok_or_else(|| GovError::internal("no service info"))?;
     let mut info: tables::ServiceInfo = serde_json::from_slice(&v).map_err(GovError::internal)?;
     match info.status {
-        tables::ServiceStatus::Opening | tables::ServiceStatus::WaitingForRecoveryShares => {}
+        tables::ServiceStatus::Opening => {
+            let cfg = crate::secrets::recovery_config(tx);
+            if cfg.any_keys && !cfg.can_issue() {
+                return Err(GovError::bad(
+                    "InsufficientRecoveryMembers",
+                    format!(
+                        "the service cannot open with {} active recovery member(s) for a recovery \
+                         threshold of {}: recovery members acknowledge the state digest first",
+                        cfg.members.len(),
+                        cfg.threshold
+                    ),
+                ));
+            }
+            info.status = tables::ServiceStatus::Open;
+        }
+        tables::ServiceStatus::Recovering => {
+            crate::recovery::check_previous_identity(tx, previous_identity)?;
+            info.status = tables::ServiceStatus::WaitingForRecoveryShares;
+        }
         s => {
             return Err(GovError::bad(
                 "ServiceNotOpening",
@@ -119,7 +147,6 @@ fn open_service(tx: &mut Tx) -> Result<(), GovError> {
             ));
         }
     }
-    info.status = tables::ServiceStatus::Open;
     tx.put(
         tables::SERVICE_INFO,
         &tables::SINGLETON_KEY,

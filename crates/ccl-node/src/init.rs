@@ -84,11 +84,23 @@ pub struct Created {
     pub user0_cert: Certificate,
     /// Generated members: id, certificate, key (also in `member<i>.pem`).
     pub members: Vec<(String, Certificate, SigningKey)>,
+    /// The generated members' RSA encryption public keys (PEM), in the same order: they are
+    /// recovery members (private keys in `member<i>_enc_privk.pem`).
+    pub member_encryption_keys: Vec<String>,
 }
 
 /// The file of the `i`th generated member's certificate and key.
 pub fn member_file(i: usize) -> String {
     format!("member{i}.pem")
+}
+
+/// The `i`th generated member's RSA encryption private key (its recovery share is encrypted to
+/// it), and public key; CCF's file names.
+pub fn member_enc_privk_file(i: usize) -> String {
+    format!("member{i}_enc_privk.pem")
+}
+pub fn member_enc_pubk_file(i: usize) -> String {
+    format!("member{i}_enc_pubk.pem")
 }
 
 /// Whether `dir` already holds a node.
@@ -122,6 +134,7 @@ pub fn create(
     };
     let (user_key, user_cert) = client("user0")?;
     let mut generated = Vec::new();
+    let mut encryption_keys = Vec::new();
     for i in 0..members {
         let (key, cert) = client(&format!("member{i}"))?;
         write_private(
@@ -129,6 +142,14 @@ pub fn create(
             format!("{}{}", cert.pem(), &*key.to_pkcs8_pem()).as_bytes(),
         )?;
         generated.push((hex::encode(ccl_crypto::sha256(cert.der())), cert, key));
+        let enc = ccl_crypto::oaep::EncryptionPrivateKey::generate()?;
+        write_private(
+            &dir.join(member_enc_privk_file(i)),
+            enc.to_pem()?.as_bytes(),
+        )?;
+        let public = enc.public_key().to_pem()?;
+        write_public(&dir.join(member_enc_pubk_file(i)), &public)?;
+        encryption_keys.push(public);
     }
     seal(
         dir,
@@ -145,6 +166,7 @@ pub fn create(
         user0_id: crate::tls::fingerprint(user_cert.der()),
         user0_cert: user_cert,
         members: generated,
+        member_encryption_keys: encryption_keys,
     };
     Ok((identity, secret, created))
 }

@@ -86,8 +86,7 @@ pub fn endorse_trusted_nodes(tx: &mut ccl_gov::Tx, identity: &Identity) -> Resul
         else {
             continue;
         };
-        if info.status != NodeStatus::Trusted
-            || tx.get(tables::ENDORSED_CERTIFICATES, k).is_some()
+        if info.status != NodeStatus::Trusted || tx.get(tables::ENDORSED_CERTIFICATES, k).is_some()
         {
             continue;
         }
@@ -160,7 +159,10 @@ pub async fn join(
         || req.subject_alt_names.len() > 16
         || req.subject_alt_names.iter().any(|n| n.len() > 253)
     {
-        return Err(ApiError::bad("InvalidInput", "rpc_address or names out of bounds"));
+        return Err(ApiError::bad(
+            "InvalidInput",
+            "rpc_address or names out of bounds",
+        ));
     }
     let node_id = hex::encode(cert.key_id());
     let state = shared.handle.store().state();
@@ -187,10 +189,7 @@ pub async fn join(
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "InvalidQuote", e.to_string()))?;
     let info = NodeInfo {
         status: NodeStatus::Pending,
-        public_key: cert
-            .public_key()
-            .map_err(ApiError::internal)?
-            .to_pem(),
+        public_key: cert.public_key().map_err(ApiError::internal)?.to_pem(),
         quote_info: serde_json::to_value(&req.quote_info).map_err(ApiError::internal)?,
         rpc_address: req.rpc_address.clone(),
         node_data: json!({
@@ -227,10 +226,21 @@ fn trusted_answer(shared: &Shared, node_id: &str, cert: &Certificate) -> ApiResu
         .ok_or_else(|| ApiError::internal("a Trusted node has no endorsed certificate"))?;
     let (secrets, service_key) = {
         let e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            e.ledger_secrets(),
-            e.identity().service_key.to_pkcs8_pem().to_string(),
-        )
+        let secrets = e.ledger_secrets();
+        // Only secrets whose rekey is committed are handed over (one that is rolled back must
+        // not outlive it in the new node's sealed copy); later rekeys reach the node through the
+        // ledger, since it is Trusted by then.
+        if secrets
+            .latest_from()
+            .is_some_and(|from| from > e.committed_seqno() + 1)
+        {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NotReady",
+                "a ledger rekey is not committed yet: ask again",
+            ));
+        }
+        (secrets, e.identity().service_key.to_pkcs8_pem().to_string())
     };
     let plain = serde_json::to_vec(&Secrets {
         ledger_secrets: secrets
@@ -241,10 +251,11 @@ fn trusted_answer(shared: &Shared, node_id: &str, cert: &Certificate) -> ApiResu
     })
     .map_err(ApiError::internal)?;
     let key = cert.public_key().map_err(ApiError::internal)?;
-    let sealed = ccl_crypto::ecies::seal_to(&key, SECRETS_INFO, &plain).map_err(ApiError::internal)?;
+    let sealed =
+        ccl_crypto::ecies::seal_to(&key, SECRETS_INFO, &plain).map_err(ApiError::internal)?;
     // The latest committed snapshot, and the ledger up to the end of the Raft entry after it.
-    let snapshot = ccl_engine::latest_committed_snapshot(&shared.data_dir)
-        .map_err(ApiError::internal)?;
+    let snapshot =
+        ccl_engine::latest_committed_snapshot(&shared.data_dir).map_err(ApiError::internal)?;
     let from = snapshot.as_ref().map_or(0, |(name, _)| name.seqno);
     let base = shared.replica.applied_base(from).ok_or_else(|| {
         ApiError::new(
@@ -255,7 +266,10 @@ fn trusted_answer(shared: &Shared, node_id: &str, cert: &Certificate) -> ApiResu
     })?;
     let mut suffix = Vec::new();
     for s in from + 1..=base.seqno {
-        suffix.push(b64(&shared.handle.raw_entry(s).map_err(ApiError::internal)?));
+        suffix.push(b64(&shared
+            .handle
+            .raw_entry(s)
+            .map_err(ApiError::internal)?));
     }
     Ok(json_response(json!({
         "node_id": node_id,
@@ -302,7 +316,8 @@ pub async fn join_network(
     std::fs::create_dir_all(dir)?;
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     names.extend(cfg.names.iter().cloned());
-    let node_key = SigningKey::generate(Curve::P384).map_err(|e| NodeError::Config(e.to_string()))?;
+    let node_key =
+        SigningKey::generate(Curve::P384).map_err(|e| NodeError::Config(e.to_string()))?;
     let self_signed = cert::self_signed(
         &node_key,
         &CertSpec {
@@ -356,9 +371,11 @@ pub async fn join_network(
                 }
             }
             Ok(v) => return Err(NodeError::Config(format!("unexpected join answer: {v}"))),
-            Err(ccl_client::ClientError::Api { status, code, message })
-                if status.is_client_error() && status.as_u16() != 429 =>
-            {
+            Err(ccl_client::ClientError::Api {
+                status,
+                code,
+                message,
+            }) if status.is_client_error() && status.as_u16() != 429 => {
                 return Err(NodeError::Config(format!(
                     "the network refused to let this node join: {code}: {message}"
                 )));
@@ -375,16 +392,18 @@ pub async fn join_network(
             .map(str::to_string)
             .ok_or_else(|| bad(format!("no {k}")))
     };
-    let service_cert = Certificate::from_pem(&text("service_certificate")?)
-        .map_err(|e| bad(e.to_string()))?;
+    let service_cert =
+        Certificate::from_pem(&text("service_certificate")?).map_err(|e| bad(e.to_string()))?;
     if service_cert.pem().trim() != service_cert_pem.trim()
-        && Certificate::from_pem(service_cert_pem).map(|c| c.der().to_vec()).ok()
+        && Certificate::from_pem(service_cert_pem)
+            .map(|c| c.der().to_vec())
+            .ok()
             != Some(service_cert.der().to_vec())
     {
         return Err(bad("the service certificate is not the one we trust".into()));
     }
-    let node_cert = Certificate::from_pem(&text("endorsed_certificate")?)
-        .map_err(|e| bad(e.to_string()))?;
+    let node_cert =
+        Certificate::from_pem(&text("endorsed_certificate")?).map_err(|e| bad(e.to_string()))?;
     node_cert
         .verify_issued_by(&service_cert)
         .map_err(|_| bad("the node certificate is not endorsed by the service".into()))?;
@@ -456,7 +475,8 @@ pub async fn join_network(
 fn check_snapshot(bytes: &[u8], service_cert_pem: &str) -> Result<(), String> {
     let (entry, receipt) =
         ccl_ledger::snapshot::split_snapshot_file(bytes).map_err(|e| e.to_string())?;
-    let r = ccl_receipt::Receipt::from_slice(receipt).map_err(|e| format!("snapshot receipt: {e}"))?;
+    let r =
+        ccl_receipt::Receipt::from_slice(receipt).map_err(|e| format!("snapshot receipt: {e}"))?;
     r.verify(service_cert_pem)
         .map_err(|e| format!("snapshot receipt does not verify: {e}"))?;
     if r.leaf.claims_digest != ccl_crypto::sha256(entry.raw) {

@@ -11,7 +11,9 @@ pub mod api;
 pub mod gov;
 pub mod init;
 pub mod join;
+pub mod recovery;
 pub mod replication;
+pub mod secrets;
 pub mod tls;
 
 use ccl_consensus::Raft;
@@ -209,8 +211,16 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
         let (identity, secret, created) = init::create(dir, &names, cfg.generated_members)?;
         let user_key = hex::encode(ccl_crypto::sha256(created.user0_cert.der()));
         let user_cert = created.user0_cert.pem();
-        let mut member_pems: Vec<String> = created.members.iter().map(|m| m.1.pem()).collect();
-        member_pems.extend(cfg.member_certs.iter().cloned());
+        // Generated members are recovery members (with encryption keys); a majority of them must
+        // submit their shares to recover the service (set_recovery_threshold changes it).
+        let mut member_pems: Vec<(String, Option<String>)> = created
+            .members
+            .iter()
+            .zip(&created.member_encryption_keys)
+            .map(|(m, k)| (m.1.pem(), Some(k.clone())))
+            .collect();
+        member_pems.extend(cfg.member_certs.iter().map(|c| (c.clone(), None)));
+        let threshold = (created.members.len() / 2 + 1).min(created.members.len()).max(1);
         let mut gov_error = None;
         let e = Engine::create(dir, cfg.engine.clone(), identity, secret, |tx| {
             let user = serde_json::json!({"user_data": {"assignedRole": "Administrator"}});
@@ -220,11 +230,18 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
                 user_key.as_bytes(),
                 user.to_string().as_bytes(),
             )?;
-            for pem in &member_pems {
-                if let Err(e) = ccl_gov::add_member(tx, pem, ccl_gov::MemberStatus::Accepted, None)
-                {
+            for (pem, key) in &member_pems {
+                if let Err(e) = ccl_gov::add_member(
+                    tx,
+                    pem,
+                    ccl_gov::MemberStatus::Accepted,
+                    key.as_deref(),
+                ) {
                     gov_error = Some(e);
                 }
+            }
+            if let Err(e) = secrets::write_genesis(tx, threshold) {
+                gov_error = Some(e);
             }
             if let Err(e) = ccl_gov::set_constitution(tx, ccl_gov::DEFAULT_CONSTITUTION) {
                 gov_error = Some(e);
