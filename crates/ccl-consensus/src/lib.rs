@@ -48,6 +48,11 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub type LogId = openraft::LogId<u64>;
 pub type Membership = openraft::Membership<u64, NodeAddr>;
 pub type StoredMembership = openraft::StoredMembership<u64, NodeAddr>;
+
+/// The id of Raft entry `index` of term `term`.
+pub fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(openraft::CommittedLeaderId::new(term, 0), index)
+}
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type RaftMetrics = openraft::RaftMetrics<u64, NodeAddr>;
 

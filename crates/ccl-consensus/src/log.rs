@@ -327,6 +327,19 @@ impl Replica {
         )
     }
 
+    /// Writes Raft's vote for `node` in `term` before Raft starts on `data_dir` (a recovered
+    /// service's first node: its terms, which are the ledger's views, start after the views of the
+    /// ledger it recovers).
+    pub fn write_vote(data_dir: &Path, term: u64, node: u64) -> std::io::Result<()> {
+        let dir = data_dir.join(RAFT_DIR);
+        std::fs::create_dir_all(&dir)?;
+        let vote = Vote::new(term, node);
+        write_atomic(
+            &dir.join("vote"),
+            &serde_json::to_vec(&vote).map_err(std::io::Error::other)?,
+        )
+    }
+
     /// Whether this is a new service's first node that Raft has not started on yet: no log and
     /// no base (a joining node always has a base).
     pub fn is_new_service(&self) -> bool {

@@ -426,6 +426,28 @@ impl EngineHandle {
         })
     }
 
+    /// The public maps a transaction wrote (no ledger secret needed: a recovering service reads
+    /// the old ledger's public domain).
+    pub fn read_public(&self, seqno: u64) -> Result<HistoricalTx, EngineError> {
+        if seqno == 0 || seqno > self.last_seqno() || seqno < self.shared.first_seqno {
+            return Err(EngineError::NotFound(seqno));
+        }
+        let bytes = self.shared.reader.read_entry(seqno)?;
+        let corrupt = |m: String| EngineError::Corrupt(format!("ledger entry {seqno}: {m}"));
+        let (e, _) = Entry::parse(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let pd = e.public_domain().map_err(|e| corrupt(e.to_string()))?;
+        let mut maps = Vec::new();
+        for m in pd.map_iter() {
+            maps.push(m.map_err(|e| corrupt(e.to_string()))?.to_owned());
+        }
+        Ok(HistoricalTx {
+            txid: e.txid,
+            claims_digest: pd.claims_digest,
+            write_set_digest: e.write_set_digest(),
+            maps,
+        })
+    }
+
     /// The endorsements a receipt for `seqno` needs: those of every service identity from the
     /// one that signed it on, oldest first (none for the current service's transactions).
     pub fn service_endorsements(&self, seqno: u64) -> Vec<String> {

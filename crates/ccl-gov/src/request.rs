@@ -28,6 +28,7 @@ pub mod msg {
     pub const WITHDRAWAL: &str = "withdrawal";
     pub const ACK: &str = "ack";
     pub const STATE_DIGEST: &str = "state_digest";
+    pub const RECOVERY_SHARE: &str = "recovery_share";
 }
 
 /// A verified request.

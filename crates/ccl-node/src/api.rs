@@ -308,6 +308,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/gov/service/users", get(crate::gov::users))
         .route("/gov/service/nodes", get(crate::gov::nodes))
         .route("/gov/service/constitution", get(crate::gov::constitution))
+        .route(
+            "/gov/recovery/encrypted-shares/{id}",
+            get(crate::recovery::encrypted_share),
+        )
+        .route(
+            "/gov/recovery/members/{rest}",
+            post(crate::recovery::submit_share),
+        )
         .route("/node/commit", get(node_commit))
         .route("/node/network", get(node_network))
         .route("/node/state", get(node_state))
@@ -1122,6 +1130,12 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/gov/service/users", "Anyone"),
     ("get", "/gov/service/nodes", "Anyone"),
     ("get", "/gov/service/constitution", "Anyone"),
+    ("get", "/gov/recovery/encrypted-shares/{memberId}", "Anyone"),
+    (
+        "post",
+        "/gov/recovery/members/{memberId}:recover",
+        "Member (COSE Sign1, memberId)",
+    ),
     ("get", "/node/commit", "Anyone"),
     ("get", "/node/network", "Anyone"),
     ("get", "/node/state", "Anyone"),

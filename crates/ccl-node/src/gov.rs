@@ -32,11 +32,11 @@ impl From<GovError> for ApiError {
     }
 }
 
-fn gov_version(q: &HashMap<String, String>) -> Result<(), ApiError> {
+pub(crate) fn gov_version(q: &HashMap<String, String>) -> Result<(), ApiError> {
     crate::api::require_version(q, GOV_API_VERSION)
 }
 
-fn cose_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<&'a [u8], ApiError> {
+pub(crate) fn cose_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<&'a [u8], ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -52,7 +52,7 @@ fn cose_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<&'a [u8], ApiErr
 }
 
 /// Seconds since the epoch, by the node's clock.
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     ccl_crypto::cert::now_unix()
 }
 

@@ -56,6 +56,10 @@ struct Sealed {
     ledger_secrets: Vec<(u64, String)>,
     node_key: String,
     service_key: String,
+    /// A recovered service waiting for its members' recovery shares (its ledger's private
+    /// domain before its first secret cannot be read yet).
+    #[serde(default)]
+    recovering: bool,
 }
 
 /// Writes `bytes` to a new file readable by its owner only, fsynced.
@@ -173,6 +177,16 @@ pub fn create(
 
 /// Seals the ledger secrets and the node's and service's keys into `dir`.
 pub fn seal(dir: &Path, identity: &Identity, secrets: &LedgerSecrets) -> Result<(), InitError> {
+    seal_with(dir, identity, secrets, false)
+}
+
+/// [`seal`], saying whether the service is a recovered one still waiting for recovery shares.
+pub fn seal_with(
+    dir: &Path,
+    identity: &Identity,
+    secrets: &LedgerSecrets,
+    recovering: bool,
+) -> Result<(), InitError> {
     let key_path = dir.join(SEALING_KEY);
     let key: [u8; 32] = match std::fs::read(&key_path) {
         Ok(b) => b.try_into().map_err(|_| {
@@ -191,6 +205,7 @@ pub fn seal(dir: &Path, identity: &Identity, secrets: &LedgerSecrets) -> Result<
             .collect(),
         node_key: identity.node_key.to_pkcs8_pem().to_string(),
         service_key: identity.service_key.to_pkcs8_pem().to_string(),
+        recovering,
     };
     let mut plain = serde_json::to_vec(&sealed).map_err(|e| InitError::Invalid(e.to_string()))?;
     let iv = ccl_crypto::random_array::<12>()?;
@@ -204,6 +219,11 @@ pub fn seal(dir: &Path, identity: &Identity, secrets: &LedgerSecrets) -> Result<
 
 /// Restart: unseals the keys and secrets and reads the certificates.
 pub fn load(dir: &Path) -> Result<(Identity, LedgerSecrets), InitError> {
+    load_with(dir).map(|(i, s, _)| (i, s))
+}
+
+/// [`load`], and whether the service is a recovered one still waiting for recovery shares.
+pub fn load_with(dir: &Path) -> Result<(Identity, LedgerSecrets, bool), InitError> {
     let key_path = dir.join(SEALING_KEY);
     let key: [u8; 32] = std::fs::read(&key_path)
         .map_err(io(&key_path))?
@@ -232,19 +252,22 @@ pub fn load(dir: &Path) -> Result<(Identity, LedgerSecrets), InitError> {
         })?;
     let sealed: Sealed = serde_json::from_slice(&plain)
         .map_err(|e| InitError::Invalid(format!("sealed secrets: {e}")))?;
-    let mut secrets: Option<LedgerSecrets> = None;
+    let mut secrets = LedgerSecrets::default();
     for (from, hexed) in &sealed.ledger_secrets {
         let raw: [u8; 32] = hex::decode(hexed)
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| InitError::Invalid("sealed ledger secret is malformed".into()))?;
-        let s = LedgerSecret::from_bytes(raw);
-        match &mut secrets {
-            None => secrets = Some(LedgerSecrets::new(s)),
-            Some(all) => all.push(*from, s),
+        if secrets.latest_from().is_some_and(|f| f >= *from) {
+            return Err(InitError::Invalid(
+                "sealed ledger secrets are out of order".into(),
+            ));
         }
+        secrets.push(*from, LedgerSecret::from_bytes(raw));
     }
-    let secrets = secrets.ok_or_else(|| InitError::Invalid("no ledger secret is sealed".into()))?;
+    if secrets.is_empty() {
+        return Err(InitError::Invalid("no ledger secret is sealed".into()));
+    }
     let read = |name: &str| -> Result<Certificate, InitError> {
         let p = dir.join(name);
         let pem = std::fs::read_to_string(&p).map_err(io(&p))?;
@@ -256,5 +279,5 @@ pub fn load(dir: &Path) -> Result<(Identity, LedgerSecrets), InitError> {
         service_key: SigningKey::from_pem(&sealed.service_key)?,
         service_cert: read(SERVICE_CERT)?,
     };
-    Ok((identity, secrets))
+    Ok((identity, secrets, sealed.recovering))
 }

@@ -192,8 +192,12 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
     names.extend(cfg.names.iter().cloned());
     let dir = &cfg.data_dir;
     let (engine, created) = if init::exists(dir) {
-        let (identity, secrets) = init::load(dir)?;
-        let e = Engine::open(dir, cfg.engine.clone(), identity, secrets)?;
+        let (identity, secrets, recovering) = init::load_with(dir)?;
+        let e = if recovering {
+            Engine::open_public_only(dir, cfg.engine.clone(), identity, secrets)?
+        } else {
+            Engine::open(dir, cfg.engine.clone(), identity, secrets)?
+        };
         (e, None)
     } else {
         if cfg.generated_members + cfg.member_certs.len() == 0

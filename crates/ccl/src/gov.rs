@@ -56,6 +56,14 @@ enum GovCommand {
     Ack,
     /// Show the service's status, members and constitution digest.
     Info,
+    /// Disaster recovery: fetch this member's encrypted recovery share, decrypt it with the
+    /// member's encryption key (RSA-OAEP-SHA256, as `openssl pkeyutl -decrypt -pkeyopt
+    /// rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256` would) and submit it, signed.
+    RecoveryShare {
+        /// The member's encryption private key (PEM), e.g. ccl-data/member0_enc_privk.pem.
+        #[arg(long)]
+        encryption_key: PathBuf,
+    },
 }
 
 struct Member {
@@ -251,6 +259,47 @@ async fn run_async(a: &GovArgs) -> Result<()> {
                 .await?
                 .unwrap_or_default();
             a.print_proposal(&v);
+        }
+        GovCommand::RecoveryShare { encryption_key } => {
+            let m = load_member(&a.member)?;
+            let pem = zeroize::Zeroizing::new(read_limited(encryption_key, "the encryption key")?);
+            let key = ccl_crypto::oaep::EncryptionPrivateKey::from_pem(&pem)
+                .with_context(|| format!("{}", encryption_key.display()))?;
+            let v = a
+                .get(&mut c, &format!("/gov/recovery/encrypted-shares/{}", m.id))
+                .await?;
+            let encrypted = v["encryptedShare"]
+                .as_str()
+                .and_then(|s| {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD.decode(s).ok()
+                })
+                .context("the node's answer holds no encrypted share")?;
+            let share = key.decrypt(&encrypted).context(
+                "the recovery share does not decrypt with this encryption key (another member's key?)",
+            )?;
+            let share_b64 = zeroize::Zeroizing::new({
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(&share[..])
+            });
+            let payload = zeroize::Zeroizing::new(json!({"share": *share_b64}).to_string());
+            let path = format!("/gov/recovery/members/{}:recover", m.id);
+            let v = a
+                .signed(
+                    &mut c,
+                    &m,
+                    &path,
+                    msg::RECOVERY_SHARE,
+                    None,
+                    payload.as_bytes(),
+                )
+                .await?
+                .unwrap_or_default();
+            if a.json {
+                println!("{v}");
+            } else {
+                println!("{}", v["message"].as_str().unwrap_or("submitted"));
+            }
         }
         GovCommand::List => {
             let v = a.get(&mut c, "/gov/members/proposals").await?;

@@ -28,6 +28,11 @@ enum Command {
     /// admit this node (transition_node_to_trusted), catch up and serve. On later runs (the
     /// data directory exists) it restarts the node like `ccl start`.
     Join(start::JoinArgs),
+    /// Disaster recovery: start a new service (new identity) from the ledger of a lost one. Its
+    /// public state is replayed at once; the members open it (transition_service_to_open with
+    /// the previous service identity) and submit their recovery shares (`ccl gov
+    /// recovery-share`), which bring back the private state. Later runs restart the node.
+    Recover(start::RecoverArgs),
     /// Write a ledger entry.
     Put {
         contents: String,
@@ -137,6 +142,7 @@ fn main() -> ExitCode {
         Command::Gov(args) => gov::run(&args),
         Command::Start(args) => start::run(args),
         Command::Join(args) => start::run_join(args),
+        Command::Recover(args) => start::run_recover(args),
         Command::Put {
             contents,
             collection,

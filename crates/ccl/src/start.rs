@@ -79,6 +79,16 @@ pub struct JoinArgs {
     start: StartArgs,
 }
 
+#[derive(clap::Args)]
+pub struct RecoverArgs {
+    /// The ledger directory of the lost service (one node's `ledger/`: the one with the longest
+    /// ledger). It is verified, then copied into the new data directory.
+    #[arg(long)]
+    ledger_dir: PathBuf,
+    #[command(flatten)]
+    start: StartArgs,
+}
+
 /// The `--config` file.
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -197,11 +207,45 @@ pub fn run(args: StartArgs) -> Result<()> {
     run_node(cfg, None)
 }
 
+/// `ccl recover`: a new service (new identity) from a lost one's ledger, waiting for its members
+/// (transition_service_to_open naming the previous identity, then their recovery shares).
+pub fn run_recover(args: RecoverArgs) -> Result<()> {
+    init_logging();
+    if args.start.nodes.is_some() {
+        anyhow::bail!("--nodes is for ccl start: recover one node, then join others to it");
+    }
+    let cfg = node_config(args.start)?;
+    if !init::exists(&cfg.data_dir) {
+        let p = ccl_node::recovery::prepare(&cfg, &args.ledger_dir)
+            .with_context(|| format!("cannot recover {}", args.ledger_dir.display()))?;
+        let dir = std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+        let previous = dir.join("previous_service_cert.pem");
+        std::fs::write(&previous, &p.previous_service_cert)
+            .with_context(|| format!("cannot write {}", previous.display()))?;
+        let proposal = format!(
+            "{{\"actions\":[{{\"name\":\"transition_service_to_open\",\"args\":{{\"previous_service_identity\":<{}>,\"next_service_identity\":<{}>}}}}]}}",
+            previous.display(),
+            dir.join(init::SERVICE_CERT).display()
+        );
+        println!(
+            "ccl: recovering the ledger of {} up to transaction {} as a new service in {}\n\
+             the service is Recovering: its members vote {proposal}\n\
+             then each recovery member submits its share: ccl gov recovery-share --member memberN.pem --encryption-key memberN_enc_privk.pem",
+            args.ledger_dir.display(),
+            p.last_signed,
+            dir.display(),
+        );
+    }
+    run_node(cfg, None)
+}
+
 /// `ccl join`: asks the network to admit this node (once), then runs it.
 pub fn run_join(args: JoinArgs) -> Result<()> {
     init_logging();
     let config_text = match &args.start.config {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
+        }
         None => String::new(),
     };
     let service_pem = std::fs::read_to_string(&args.service_cert)
@@ -359,9 +403,10 @@ fn admit_pending(shared: &ccl_node::Shared, dir: &std::path::Path) -> Result<()>
         members.push((hex::encode(ccl_crypto::sha256(cert.der())), cert, key));
     }
     for node in pending {
-        let proposal = serde_json::json!({"actions": [{"name": "transition_node_to_trusted", "args": {
+        let proposal =
+            serde_json::json!({"actions": [{"name": "transition_node_to_trusted", "args": {
             "node_id": node, "valid_from": "20260101000000Z", "validity_period_days": 365}}]})
-        .to_string();
+            .to_string();
         let state = ccl_node::propose_and_approve(shared, &members, &proposal)?;
         println!("node {node}: transition_node_to_trusted {state:?}");
     }
