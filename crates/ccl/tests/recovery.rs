@@ -159,3 +159,401 @@ fn rekey_on_three_nodes_everything_stays_readable_and_verifiable() {
         }
     }
 }
+
+/// `ccl gov` against `endpoint` as generated member `m` of `dir` (service certificate `cert`).
+fn gov(endpoint: &str, cert: &Path, dir: &Path, m: usize, args: &[&str]) -> (bool, String) {
+    let out = ccl()
+        .arg("gov")
+        .args(args)
+        .args(["--json", "--endpoint", endpoint, "--service-cert"])
+        .arg(cert)
+        .arg("--member")
+        .arg(dir.join(format!("member{m}.pem")))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A client of `endpoint` trusting `cert`, as `identity`.
+fn client(endpoint: &str, cert: &Path, identity: &Path) -> ccl_client::Client {
+    ccl_client::Client::new(
+        endpoint,
+        &std::fs::read_to_string(cert).unwrap(),
+        Some(&std::fs::read_to_string(identity).unwrap()),
+    )
+    .unwrap()
+}
+
+fn get(
+    rt: &tokio::runtime::Runtime,
+    c: &ccl_client::Client,
+    path: &str,
+) -> Result<serde_json::Value, ccl_client::ClientError> {
+    let path = path.to_string();
+    rt.block_on(async {
+        let mut conn = c.connect().await?;
+        conn.request(ccl_client::Method::GET, &path, None)
+            .await?
+            .json()
+    })
+}
+
+/// The Azure SDK's `verify_receipt` on a receipt answer (with its application claims).
+fn azure_verify(answer: &serde_json::Value, cert: &Path, dir: &Path) {
+    let file = dir.join("receipt.json");
+    std::fs::write(&file, answer.to_string()).unwrap();
+    let out = std::process::Command::new(python())
+        .arg("-c")
+        .arg(
+            "import json, sys\n\
+             from azure.confidentialledger.receipt import verify_receipt\n\
+             a = json.load(open(sys.argv[1]))\n\
+             verify_receipt(a['receipt'], open(sys.argv[2]).read(), application_claims=a.get('applicationClaims'))\n",
+        )
+        .arg(&file)
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "verify_receipt: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn disaster_recovery_from_one_nodes_ledger_with_two_of_three_shares() {
+    let _one = one_at_a_time();
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(root.path(), 3, &["--members", "3"]);
+    let old_cert = std::fs::read_to_string(c.service_cert_path()).unwrap();
+    let node0 = c.nodes[0].dir.clone();
+    // Private data (entries), then a rekey (so that the chain of secrets has two links), more
+    // private data, and public data (a governance change: a user added).
+    let mut written = Vec::new();
+    for i in 0..4 {
+        let contents = format!("before the disaster {i}");
+        written.push((write(&c, i % 3, None, &contents), contents));
+    }
+    rekey(&c, "dr-rekey");
+    for i in 0..4 {
+        let contents = format!("after the rekey {i}");
+        written.push((write(&c, i % 3, None, &contents), contents));
+    }
+    c.propose(
+        "dr-user",
+        serde_json::json!({"actions": [{"name": "set_user_data", "args": {
+            "user_id": "dr-public-user", "user_data": {"assignedRole": "Reader"}}}]}),
+    );
+    c.wait_caught_up();
+    check_entries(&c, 0, &written, &old_cert);
+    // Every node is lost.
+    for i in 0..3 {
+        c.kill(i);
+    }
+
+    // A new service from node 0's ledger.
+    let rec = root.path().join("recovered");
+    let port = common::cluster::free_ports(1)[0];
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let mut child = ccl()
+        .args(["recover", "--ledger-dir"])
+        .arg(node0.join("ledger"))
+        .arg("--data-dir")
+        .arg(&rec)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--signature-interval-ms", "20"])
+        .env("CCL_LOG", "info,openraft=warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(root.path().join("recovered.log")).unwrap())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            let l = lines
+                .next()
+                .unwrap_or_else(|| {
+                    panic!(
+                        "ccl recover exited: {}",
+                        std::fs::read_to_string(root.path().join("recovered.log")).unwrap()
+                    )
+                })
+                .unwrap();
+            if l.starts_with("listening on ") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+    }
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(child);
+    let new_cert_path = rec.join("service_cert.pem");
+    let new_cert = std::fs::read_to_string(&new_cert_path).unwrap();
+    assert_ne!(new_cert, old_cert, "a new service identity");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let user = client(&endpoint, &new_cert_path, &node0.join("user0.pem"));
+    let status = |rt: &tokio::runtime::Runtime| {
+        get(rt, &user, "/gov/service/info?api-version=2024-07-01").unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // The public state is back at once (users, members), the private state is not.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&rt, &user, "/node/network").map_or(true, |v| !v["primary_id"].is_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "the recovered node never became primary"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status(&rt), "Recovering");
+    let users = get(&rt, &user, "/gov/service/users?api-version=2024-07-01").unwrap();
+    assert!(users.to_string().contains("dr-public-user"), "{users}");
+    let early = get(
+        &rt,
+        &user,
+        &format!("/app/transactions/{}?{API}", written[0].0),
+    );
+    assert!(
+        early.is_err(),
+        "no private data while Recovering: {early:?}"
+    );
+
+    // Members open it, naming the previous identity: then it waits for shares.
+    let proposal = root.path().join("open.json");
+    let open = |previous: &str| {
+        serde_json::json!({"actions": [{"name": "transition_service_to_open", "args": {
+            "previous_service_identity": previous, "next_service_identity": new_cert}}]})
+        .to_string()
+    };
+    std::fs::write(&proposal, open(&new_cert)).unwrap();
+    let (ok, out) = gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        0,
+        &["propose", proposal.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    let id = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()["proposalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        0,
+        &["vote", "--accept", &id],
+    );
+    let (_, out) = gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        1,
+        &["vote", "--accept", &id],
+    );
+    assert!(
+        out.contains("InvalidPreviousServiceIdentity")
+            || out.contains("Failed")
+            || !out.contains("Accepted"),
+        "the wrong previous identity is refused: {out}"
+    );
+    assert_eq!(status(&rt), "Recovering");
+    std::fs::write(&proposal, open(&old_cert)).unwrap();
+    let (ok, out) = gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        0,
+        &["propose", proposal.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    let id = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()["proposalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        0,
+        &["vote", "--accept", &id],
+    );
+    let (_, out) = gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        1,
+        &["vote", "--accept", &id],
+    );
+    assert!(out.contains("Accepted"), "{out}");
+    assert_eq!(status(&rt), "WaitingForRecoveryShares");
+
+    // A wrong share is refused with a clear error, and changes nothing.
+    let m1 = std::fs::read_to_string(node0.join("member1.pem")).unwrap();
+    let m1_cert = ccl_crypto::Certificate::from_pem(&m1).unwrap();
+    let m1_id = hex::encode(ccl_crypto::sha256(m1_cert.der()));
+    let m1_key = ccl_crypto::SigningKey::from_pem(&m1).unwrap();
+    let wrong = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode([7u8; 33])
+    };
+    let req = ccl_gov::sign_request(
+        &m1_key,
+        &m1_id,
+        "recovery_share",
+        None,
+        ccl_crypto::cert::now_unix(),
+        serde_json::json!({"share": wrong}).to_string().as_bytes(),
+    )
+    .unwrap();
+    let anon = ccl_client::Client::new(&endpoint, &new_cert, None).unwrap();
+    let r = rt.block_on(async {
+        let mut conn = anon.connect().await.unwrap();
+        conn.request(
+            ccl_client::Method::POST,
+            &format!("/gov/recovery/members/{m1_id}:recover?api-version=2024-07-01"),
+            Some(("application/cose", req)),
+        )
+        .await
+    });
+    match r {
+        Err(ccl_client::ClientError::Api {
+            status,
+            code,
+            message,
+        }) => {
+            assert_eq!(status.as_u16(), 400);
+            assert_eq!(code, "InvalidRecoveryShare", "{message}");
+            assert!(message.contains("not member"), "{message}");
+        }
+        other => panic!("a wrong share was not refused: {other:?}"),
+    }
+    // Its own share decrypts only with its own key.
+    let (ok, out) = gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        1,
+        &[
+            "recovery-share",
+            "--encryption-key",
+            node0.join("member0_enc_privk.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && out.contains("does not decrypt"), "{out}");
+
+    // One share is not enough.
+    let (ok, out) = gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        0,
+        &[
+            "recovery-share",
+            "--encryption-key",
+            node0.join("member0_enc_privk.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("\"submittedCount\":1"), "{out}");
+    assert_eq!(status(&rt), "WaitingForRecoveryShares");
+    assert!(
+        get(
+            &rt,
+            &user,
+            &format!("/app/transactions/{}?{API}", written[0].0)
+        )
+        .is_err()
+    );
+    // The second opens it.
+    let (ok, out) = gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        1,
+        &[
+            "recovery-share",
+            "--encryption-key",
+            node0.join("member1_enc_privk.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("\"submittedCount\":2"), "{out}");
+    assert_eq!(status(&rt), "Open");
+
+    // Everything is readable; receipts from before the disaster verify against the new service
+    // certificate through the endorsement (ccl's check and the Azure SDK's).
+    for (txid, contents) in &written {
+        let v = get(&rt, &user, &format!("/app/transactions/{txid}?{API}"))
+            .unwrap_or_else(|e| panic!("{txid}: {e}"));
+        assert_eq!(v["entry"]["contents"], contents.as_str(), "{v}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let answer = loop {
+            let r = get(
+                &rt,
+                &user,
+                &format!("/app/transactions/{txid}/receipt?{API}"),
+            )
+            .unwrap();
+            if r["state"] == "Ready" {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "no receipt for {txid}: {r}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            answer["receipt"]["serviceEndorsements"].is_array(),
+            "{answer}"
+        );
+        let receipt = ccl_receipt::Receipt::from_json(&answer).unwrap();
+        receipt.verify(&new_cert).unwrap();
+        assert!(receipt.verify(&old_cert).is_err() || receipt.service_endorsements.is_empty());
+        azure_verify(&answer, &new_cert_path, root.path());
+    }
+    // New writes work, under the new identity.
+    let txid = rt.block_on(async {
+        let mut conn = user.connect().await.unwrap();
+        conn.write_entry(None, "after the recovery").await.unwrap()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(
+        &rt,
+        &user,
+        &format!("/app/transactions/{txid}/status?{API}"),
+    )
+    .unwrap()["state"]
+        != "Committed"
+    {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The recovered node restarts like any other (every secret sealed now).
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.0.id().to_string())
+        .status();
+    let _ = child.0.wait();
+    drop(child);
+    validate_data_dir(&rec, false);
+    check_secrets_chain(&rec);
+}

@@ -227,7 +227,7 @@ impl Cluster {
         let proposal = self.root.join(format!("{name}.json"));
         std::fs::write(&proposal, actions.to_string()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
-        let gov = |args: &[&str]| {
+        let gov = |member: usize, args: &[&str]| {
             let endpoint = self.any_live_endpoint();
             ccl()
                 .arg("gov")
@@ -235,20 +235,27 @@ impl Cluster {
                 .args(["--json", "--endpoint", &endpoint, "--service-cert"])
                 .arg(self.service_cert_path())
                 .arg("--member")
-                .arg(self.nodes[0].dir.join("member0.pem"))
+                .arg(self.nodes[0].dir.join(format!("member{member}.pem")))
                 .output()
                 .unwrap()
         };
+        // Generated members vote in turn (member0 alone, with one member) until it passes.
+        let members = (0..9)
+            .take_while(|m| self.nodes[0].dir.join(format!("member{m}.pem")).exists())
+            .count()
+            .max(1);
         loop {
-            let out = gov(&["propose", proposal.to_str().unwrap()]);
+            let out = gov(0, &["propose", proposal.to_str().unwrap()]);
             let mut text = String::from_utf8_lossy(&out.stdout).to_string();
             if out.status.success() {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap();
                 let id = v["proposalId"].as_str().unwrap().to_string();
-                let out = gov(&["vote", "--accept", &id]);
-                text = String::from_utf8_lossy(&out.stdout).to_string();
-                if out.status.success() && text.contains("Accepted") {
-                    return;
+                for m in 0..members {
+                    let out = gov(m, &["vote", "--accept", &id]);
+                    text = String::from_utf8_lossy(&out.stdout).to_string();
+                    if out.status.success() && text.contains("Accepted") {
+                        return;
+                    }
                 }
             }
             assert!(
