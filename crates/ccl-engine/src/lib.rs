@@ -42,6 +42,10 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_SIGNATURE_INTERVAL_TXS: u64 = 5000;
 /// ...and at least this often while there are unsigned transactions.
 pub const DEFAULT_SIGNATURE_INTERVAL: Duration = Duration::from_millis(100);
+/// Default: sooner, as soon as the previous signature is committed, but no more often than this
+/// (adaptive signatures: light load commits in a few milliseconds, heavy load batches more
+/// transactions under each signature).
+pub const DEFAULT_SIGNATURE_MIN_INTERVAL: Duration = Duration::from_millis(5);
 /// Default: a snapshot at the first signature after this many transactions (0: never).
 pub const DEFAULT_SNAPSHOT_INTERVAL_TXS: u64 = 100_000;
 
@@ -54,6 +58,9 @@ pub const MERKLE_DIR: &str = "merkle";
 pub struct EngineConfig {
     pub signature_interval_txs: u64,
     pub signature_interval: Duration,
+    /// Sign before `signature_interval` once the previous signature is committed and this
+    /// long has passed since it (`>= signature_interval`: never early).
+    pub signature_min_interval: Duration,
     pub chunk_size: u64,
     pub snapshot_interval_txs: u64,
     /// Pages (4 KiB) of Merkle tree nodes cached in memory.
@@ -65,6 +72,7 @@ impl Default for EngineConfig {
         EngineConfig {
             signature_interval_txs: DEFAULT_SIGNATURE_INTERVAL_TXS,
             signature_interval: DEFAULT_SIGNATURE_INTERVAL,
+            signature_min_interval: DEFAULT_SIGNATURE_MIN_INTERVAL,
             chunk_size: ccl_ledger::ledger::DEFAULT_CHUNK_SIZE,
             snapshot_interval_txs: DEFAULT_SNAPSHOT_INTERVAL_TXS,
             merkle_cache_pages: ccl_ledger::merkle::DEFAULT_CACHE_PAGES,
@@ -553,9 +561,14 @@ impl Engine {
 
     /// Whether a signature is due (enough transactions, or enough time with unsigned ones).
     pub fn signature_due(&self, now: Instant) -> bool {
+        if self.txs_since_sig == 0 {
+            return false;
+        }
+        let since = now.duration_since(self.last_sig_at);
         self.txs_since_sig >= self.cfg.signature_interval_txs
-            || (self.txs_since_sig > 0
-                && now.duration_since(self.last_sig_at) >= self.cfg.signature_interval)
+            || since >= self.cfg.signature_interval
+            || (since >= self.cfg.signature_min_interval
+                && self.committed_seqno() >= self.last_sig_seqno)
     }
 
     /// Writes a signature transaction if one is due; returns its id.

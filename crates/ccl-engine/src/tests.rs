@@ -9,6 +9,7 @@ fn cfg() -> EngineConfig {
     EngineConfig {
         signature_interval_txs: 10,
         signature_interval: Duration::from_secs(3600),
+        signature_min_interval: Duration::from_secs(3600),
         chunk_size: 4096,
         snapshot_interval_txs: 0,
         merkle_cache_pages: 4,
@@ -640,4 +641,43 @@ fn recover_private_restores_the_private_maps_of_a_public_only_replay() {
             .unwrap(),
         b"PRIVATE-PLAINTEXT-4"
     );
+}
+
+#[test]
+fn a_signature_comes_early_once_the_previous_one_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig {
+        signature_min_interval: Duration::ZERO,
+        ..cfg()
+    };
+    let (mut e, _) = new_engine(dir.path(), cfg);
+    let one = |e: &mut Engine, i: usize| {
+        let mut tx = e.store().begin();
+        tx.put("public:records", format!("k{i}").as_bytes(), b"v")
+            .unwrap();
+        e.commit(tx, None).unwrap();
+    };
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    one(&mut e, 0);
+    assert!(
+        e.signature_due(Instant::now()),
+        "the previous signature is committed: sign now"
+    );
+    e.emit_signature().unwrap();
+    one(&mut e, 1);
+    assert!(
+        !e.signature_due(Instant::now()),
+        "the previous signature is not committed yet: wait (batching)"
+    );
+    e.sync().unwrap();
+    e.commit_up_to(e.last_seqno()).unwrap();
+    assert!(e.signature_due(Instant::now()));
+    // With the minimum interval at the (long) maximum, nothing is early.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, _) = new_engine(dir.path(), super::tests::cfg());
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    one(&mut e, 0);
+    assert!(!e.signature_due(Instant::now()));
 }

@@ -188,6 +188,7 @@ pub fn write_ledger(
     let cfg = EngineConfig {
         signature_interval_txs: sig_every,
         signature_interval: Duration::from_secs(3600),
+        signature_min_interval: Duration::from_secs(3600),
         snapshot_interval_txs: 0,
         ..EngineConfig::default()
     };

@@ -32,6 +32,10 @@ pub struct StartArgs {
     /// [default: 100]
     #[arg(long)]
     signature_interval_ms: Option<u64>,
+    /// ...and sooner, as soon as the previous signature is committed, but no more often than
+    /// this (milliseconds; at least --signature-interval-ms: never early). [default: 5]
+    #[arg(long)]
+    signature_min_interval_ms: Option<u64>,
     /// A snapshot after this many transactions (0: never). [default: 100000]
     #[arg(long)]
     snapshot_interval_txs: Option<u64>,
@@ -99,6 +103,7 @@ struct ConfigFile {
     names: Vec<String>,
     signature_interval_txs: Option<u64>,
     signature_interval_ms: Option<u64>,
+    signature_min_interval_ms: Option<u64>,
     snapshot_interval_txs: Option<u64>,
     chunk_size: Option<u64>,
     members: Option<usize>,
@@ -168,6 +173,12 @@ fn node_config(args: StartArgs) -> Result<NodeConfig> {
                 args.signature_interval_ms
                     .or(file.signature_interval_ms)
                     .unwrap_or(ccl_engine::DEFAULT_SIGNATURE_INTERVAL.as_millis() as u64)
+                    .max(1),
+            ),
+            signature_min_interval: Duration::from_millis(
+                args.signature_min_interval_ms
+                    .or(file.signature_min_interval_ms)
+                    .unwrap_or(ccl_engine::DEFAULT_SIGNATURE_MIN_INTERVAL.as_millis() as u64)
                     .max(1),
             ),
             snapshot_interval_txs: args

@@ -105,6 +105,7 @@ pub fn config(sig_every: u64, chunk_size: u64) -> EngineConfig {
     EngineConfig {
         signature_interval_txs: sig_every,
         signature_interval: Duration::from_secs(3600),
+        signature_min_interval: Duration::from_secs(3600),
         chunk_size,
         snapshot_interval_txs: 0,
         merkle_cache_pages: 64,
