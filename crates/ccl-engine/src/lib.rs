@@ -887,6 +887,23 @@ pub(crate) fn learn_secrets(
     seqno: u64,
     maps: &[MapWrites<'_>],
 ) -> Result<usize, EngineError> {
+    if !maps
+        .iter()
+        .any(|m| m.name == tables::ENCRYPTED_LEDGER_SECRETS)
+    {
+        return Ok(0);
+    }
+    let mut secrets = shared.secrets.write().unwrap_or_else(|p| p.into_inner());
+    learn_secrets_into(&mut secrets, identity, seqno, maps)
+}
+
+/// [`learn_secrets`] into `secrets`.
+pub(crate) fn learn_secrets_into(
+    secrets: &mut LedgerSecrets,
+    identity: &Identity,
+    seqno: u64,
+    maps: &[MapWrites<'_>],
+) -> Result<usize, EngineError> {
     let Some(m) = maps
         .iter()
         .find(|m| m.name == tables::ENCRYPTED_LEDGER_SECRETS)
@@ -914,12 +931,7 @@ pub(crate) fn learn_secrets(
             .try_into()
             .map_err(|_| bad("a ledger secret of the wrong length".into()))?;
         let from = s.version.unwrap_or(seqno + 1);
-        if shared
-            .secrets
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(from, LedgerSecret::from_bytes(raw))
-        {
+        if secrets.insert(from, LedgerSecret::from_bytes(raw)) {
             learned += 1;
             tracing::info!(from, "ledger secret learned from the ledger");
         }

@@ -55,9 +55,19 @@ pub(crate) fn open(
     // Store: the latest committed snapshot the ledger continues from, or the empty state.
     let snapshot =
         latest_snapshot(&dir.join(SNAPSHOTS_DIR), last)?.filter(|(n, _)| n.seqno + 1 >= first);
+    let mut secrets = secrets;
     let (state, snapshot_seqno, snapshot_tree) = match &snapshot {
         Some((name, bytes)) => {
-            let state = load_snapshot(bytes, &secrets)?;
+            let state = match load_snapshot(bytes, &secrets) {
+                Ok(s) => s,
+                Err(_) if first <= name.seqno => {
+                    // Encrypted under a secret a rekey handed out before it: learned from the
+                    // ledger the snapshot summarises.
+                    learn_up_to(&reader, &mut secrets, &identity, first, name.seqno)?;
+                    load_snapshot(bytes, &secrets)?
+                }
+                Err(e) => return Err(e),
+            };
             let (e, _) = ccl_ledger::snapshot::split_snapshot_file(bytes)
                 .map_err(|e| EngineError::Corrupt(format!("snapshot {}: {e}", name.file_name())))?;
             let pd = e
@@ -298,4 +308,29 @@ fn fresh_store(dir: &Path, cache_pages: usize) -> Result<FileNodeStore, EngineEr
         std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
     }
     Ok(FileNodeStore::open(dir, cache_pages)?)
+}
+
+/// Learns the secrets that entries `from..=to` hand to this node.
+fn learn_up_to(
+    reader: &ccl_ledger::ledger::LedgerReader,
+    secrets: &mut LedgerSecrets,
+    identity: &Identity,
+    from: u64,
+    to: u64,
+) -> Result<(), EngineError> {
+    for seqno in from..=to {
+        let bytes = reader.read_entry(seqno)?;
+        let corrupt = |m: String| EngineError::Corrupt(format!("ledger entry {seqno}: {m}"));
+        let (e, _) = Entry::parse(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let pd = e.public_domain().map_err(|e| corrupt(e.to_string()))?;
+        let mut maps = Vec::new();
+        for m in pd.map_iter() {
+            let m = m.map_err(|e| corrupt(e.to_string()))?;
+            if m.name == tables::ENCRYPTED_LEDGER_SECRETS {
+                maps.push(m);
+            }
+        }
+        crate::learn_secrets_into(secrets, identity, seqno, &maps)?;
+    }
+    Ok(())
 }

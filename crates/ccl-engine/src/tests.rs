@@ -644,6 +644,28 @@ fn recover_private_restores_the_private_maps_of_a_public_only_replay() {
 }
 
 #[test]
+fn a_snapshot_after_a_rekey_opens_with_the_secret_from_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, id) = new_engine(dir.path(), cfg());
+    write(&mut e, 0, 3);
+    rekey_tx(&mut e, &[&id], &[9u8; 32]);
+    write(&mut e, 3, 3);
+    e.emit_signature().unwrap();
+    e.snapshot_now().unwrap();
+    write(&mut e, 6, 3);
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    drop(e);
+    assert!(latest_committed_snapshot(dir.path()).unwrap().is_some());
+    let e = Engine::open(dir.path(), cfg(), id, secrets()).unwrap();
+    assert_eq!(e.last_seqno(), last);
+    assert_eq!(
+        e.store().state().get("records", b"k000008").unwrap().value,
+        &b"PRIVATE-PLAINTEXT-8"[..]
+    );
+}
+
+#[test]
 fn a_signature_comes_early_once_the_previous_one_is_committed() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = EngineConfig {

@@ -77,6 +77,9 @@ impl NodeConfig {
     }
 }
 
+/// How long a single-node network waits for its own election before serving.
+pub const SINGLE_NODE_ELECTION_WAIT: Duration = Duration::from_secs(5);
+
 /// Node certificates whose endorsement check is remembered.
 pub const MAX_CACHED_NODE_CERTS: usize = 1024;
 
@@ -432,6 +435,12 @@ pub async fn serve(
     };
     let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(chain, &key)?);
     let tasks = replication::start(&shared, &cfg).await?;
+    // A network of one node elects itself at once: wait for it (bounded), so that the first
+    // requests do not meet an election under way.
+    let deadline = Instant::now() + SINGLE_NODE_ELECTION_WAIT;
+    while shared.network_size() == 1 && !shared.is_primary() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let app = api::router(shared.clone());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
