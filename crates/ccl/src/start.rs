@@ -446,6 +446,22 @@ fn print_banner(cfg: &NodeConfig, addr: SocketAddr, created: Option<&init::Creat
         ),
         None => println!("ccl: recovered the service in {}", dir.display()),
     }
+    if let Some(c) = created
+        && !c.members.is_empty()
+    {
+        println!(
+            "recovery members' encryption keys (their recovery shares decrypt with them; any {} of {} recover the service): {}",
+            c.members.len() / 2 + 1,
+            c.members.len(),
+            (0..c.members.len())
+                .map(|i| dir
+                    .join(init::member_enc_privk_file(i))
+                    .display()
+                    .to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "listening on https://{host}\n\
          service certificate: {cert}\n\
