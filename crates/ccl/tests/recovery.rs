@@ -530,6 +530,44 @@ fn disaster_recovery_from_one_nodes_ledger_with_two_of_three_shares() {
         assert!(receipt.verify(&old_cert).is_err() || receipt.service_endorsements.is_empty());
         azure_verify(&answer, &new_cert_path, root.path());
     }
+    // The recovered service issued new shares; CCF's way of decrypting one (openssl) works.
+    let m2 = std::fs::read_to_string(node0.join("member2.pem")).unwrap();
+    let m2_id = hex::encode(ccl_crypto::sha256(
+        ccl_crypto::Certificate::from_pem(&m2).unwrap().der(),
+    ));
+    let v = get(
+        &rt,
+        &user,
+        &format!("/gov/recovery/encrypted-shares/{m2_id}?api-version=2024-07-01"),
+    )
+    .unwrap();
+    let encrypted = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(v["encryptedShare"].as_str().unwrap())
+            .unwrap()
+    };
+    let enc_file = root.path().join("member2_share.enc");
+    std::fs::write(&enc_file, &encrypted).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["pkeyutl", "-decrypt", "-inkey"])
+        .arg(node0.join("member2_enc_privk.pem"))
+        .args([
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            "rsa_oaep_md:sha256",
+            "-in",
+        ])
+        .arg(&enc_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), ccl_crypto::shamir::SHARE_LEN);
     // New writes work, under the new identity.
     let txid = rt.block_on(async {
         let mut conn = user.connect().await.unwrap();
