@@ -160,6 +160,30 @@ const actions = new Map([
       }
     },
   )],
+  // ccl's extension: a private collection's access list (readers and writers: user ids or
+  // group:<name>), set by the members. The proposal, with the lists, is public in the ledger;
+  // the access list itself goes to a private map.
+  ["set_collection_access", new Action(
+    (args) => {
+      checkKeys(args, ["collection_id", "owner", "readers", "writers"]);
+      checkType(args.collection_id, "string", "collection_id");
+      check(args.collection_id.length > 0 && args.collection_id.length <= 256, "collection_id has 1 to 256 characters");
+      checkOptionalType(args.owner, "string", "owner");
+      for (const f of ["readers", "writers"]) {
+        if (args[f] !== undefined && args[f] !== null) {
+          check(Array.isArray(args[f]) && args[f].every((x) => typeof x === "string"), `${f} must be an array of strings`);
+        }
+      }
+    },
+    (args) => {
+      ccf.node.setCollectionAccess({
+        collection_id: args.collection_id,
+        owner: args.owner ?? "",
+        readers: args.readers ?? [],
+        writers: args.writers ?? [],
+      });
+    },
+  )],
   ["set_user_role", new Action(
     (args) => {
       checkKeys(args, ["user_id", "role"]);

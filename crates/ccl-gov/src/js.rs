@@ -44,6 +44,9 @@ pub enum Access {
     Write,
 }
 
+/// Most `setCollectionAccess` calls in one apply.
+pub const MAX_COLLECTION_ACCESS_EFFECTS: usize = 100;
+
 /// What a script asked the node to do besides writing maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Effects {
@@ -58,6 +61,10 @@ pub struct Effects {
     pub refresh_shares: bool,
     /// `ccf.node.triggerSnapshot()`.
     pub snapshot: bool,
+    /// `ccf.node.setCollectionAccess(access)` (ccl's extension): access lists of private
+    /// collections to write, as JSON `{"collection_id","owner","readers","writers"}`; the node
+    /// checks and writes them (they go to a private map, which scripts cannot write).
+    pub collection_access: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +179,7 @@ const PRELUDE: &str = r#"
       triggerLedgerRekey: () => n.effect("rekey"),
       triggerRecoverySharesRefresh: () => n.effect("refresh_shares"),
       triggerSnapshot: () => n.effect("snapshot"),
+      setCollectionAccess: (access) => n.effect("collection_access", JSON.stringify(access)),
     }),
   });
   const unavailable = (what) => function () {
@@ -306,6 +314,17 @@ fn install(ctx: &Ctx<'_>, host: &Rc<Host>) -> rquickjs::Result<()> {
                     "rekey" => e.rekey = true,
                     "refresh_shares" => e.refresh_shares = true,
                     "snapshot" => e.snapshot = true,
+                    "collection_access" => match arg.0 {
+                        Some(a) if e.collection_access.len() < MAX_COLLECTION_ACCESS_EFFECTS => {
+                            e.collection_access.push(a)
+                        }
+                        _ => {
+                            return Err(Exception::throw_message(
+                                &ctx,
+                                "setCollectionAccess: one access list, at most 100 per proposal",
+                            ));
+                        }
+                    },
                     _ => return Err(Exception::throw_message(&ctx, "unknown node action")),
                 }
                 Ok(())

@@ -588,3 +588,35 @@ fn user_keys() {
 fn default_constitution_loads() {
     check_constitution(DEFAULT_CONSTITUTION).unwrap();
 }
+
+#[test]
+fn set_collection_access_is_checked_and_becomes_an_effect() {
+    let mut w = World::new(1);
+    let p = json!({"actions": [{"name": "set_collection_access", "args": {
+        "collection_id": "deal", "readers": ["group:auditors"], "writers": ["AB:CD"],
+    }}]});
+    let pid = w.propose(0, &p).unwrap().proposal_id;
+    let out = w.vote(0, &pid, YES).unwrap();
+    assert_eq!(out.info.state, ProposalState::Accepted);
+    let access: Value = serde_json::from_str(&out.effects.collection_access[0]).unwrap();
+    assert_eq!(
+        access,
+        json!({"collection_id": "deal", "owner": "", "readers": ["group:auditors"], "writers": ["AB:CD"]})
+    );
+    for args in [
+        json!({"collection_id": ""}),
+        json!({"collection_id": 5}),
+        json!({"collection_id": "x".repeat(257)}),
+        json!({"collection_id": "deal", "readers": "all"}),
+        json!({"collection_id": "deal", "writers": [1]}),
+        json!({"collection_id": "deal", "everyone": true}),
+    ] {
+        let e = w
+            .propose(
+                0,
+                &json!({"actions": [{"name": "set_collection_access", "args": args}]}),
+            )
+            .unwrap_err();
+        assert!(e.message.contains("validate"), "{args}: {}", e.message);
+    }
+}

@@ -221,6 +221,42 @@ pub fn parse_access(body: &Value, owner: String) -> Result<Access, ApiError> {
     })
 }
 
+/// The constitution's `set_collection_access` (`ccf.node.setCollectionAccess`): writes an access
+/// list chosen by the members. `owner` may be empty (only Administrators and the members change
+/// the list then).
+pub fn set_by_governance(tx: &mut ccl_store::Tx, effect: &str) -> Result<(), ApiError> {
+    let bad = |m: String| ApiError::bad("InvalidAccessList", m);
+    let v: Value = serde_json::from_str(effect).map_err(|e| bad(e.to_string()))?;
+    let coll = v["collection_id"]
+        .as_str()
+        .filter(|c| !c.is_empty() && c.len() <= crate::api::MAX_COLLECTION_ID)
+        .ok_or_else(|| bad("collection_id must be a collection id".into()))?
+        .to_string();
+    if coll == crate::api::DEFAULT_COLLECTION {
+        return Err(bad(format!(
+            "{coll} is the default collection: it stays public"
+        )));
+    }
+    let owner = match v["owner"].as_str().unwrap_or_default() {
+        "" => String::new(),
+        o => {
+            crate::api::check_user_id(o)?;
+            ccl_gov::user_key(o)
+        }
+    };
+    let lists = serde_json::json!({"readers": v["readers"], "writers": v["writers"]});
+    let access = parse_access(&lists, owner)?;
+    write(tx, &coll, &access)
+}
+
+/// Writes `collection`'s access list, registering the collection if it is new.
+pub fn write(tx: &mut ccl_store::Tx, coll: &str, access: &Access) -> Result<(), ApiError> {
+    crate::api::register_collection(tx, coll)?;
+    let bytes = serde_json::to_vec(access).map_err(ApiError::internal)?;
+    tx.put(ACCESS, coll.as_bytes(), &bytes)
+        .map_err(ApiError::internal)
+}
+
 /// The answer for a collection that the caller may not see, or that does not exist.
 pub fn collection_not_found(collection: &str) -> ApiError {
     ApiError::new(

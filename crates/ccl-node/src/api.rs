@@ -409,17 +409,7 @@ async fn write_entry(
             .map_err(bad)?;
         tx.put(maps::ENTRY_INDEX, &index_key(&coll, seqno), b"")
             .map_err(bad)?;
-        if coll != DEFAULT_COLLECTION && tx.get(maps::COLLECTIONS, coll.as_bytes()).is_none() {
-            let count = tx.snapshot().map(maps::COLLECTIONS).map_or(0, |m| m.len());
-            if count >= MAX_COLLECTIONS {
-                return Err(ApiError::bad(
-                    "CollectionCapacityExceeded",
-                    format!("a ledger has at most {MAX_COLLECTIONS} collections"),
-                ));
-            }
-            tx.put(maps::COLLECTIONS, coll.as_bytes(), b"")
-                .map_err(bad)?;
-        }
+        register_collection(&mut tx, &coll)?;
         let txid = e
             .commit(tx, Some(claims_digest))
             .map_err(ApiError::internal)?;
@@ -432,6 +422,22 @@ async fn write_entry(
         HeaderValue::from_str(&txid.to_string()).map_err(ApiError::internal)?,
     );
     Ok(resp)
+}
+
+/// Records a new collection (other than the default one), within [`MAX_COLLECTIONS`].
+pub fn register_collection(tx: &mut ccl_store::Tx, coll: &str) -> Result<(), ApiError> {
+    if coll == DEFAULT_COLLECTION || tx.get(maps::COLLECTIONS, coll.as_bytes()).is_some() {
+        return Ok(());
+    }
+    let count = tx.snapshot().map(maps::COLLECTIONS).map_or(0, |m| m.len());
+    if count >= MAX_COLLECTIONS {
+        return Err(ApiError::bad(
+            "CollectionCapacityExceeded",
+            format!("a ledger has at most {MAX_COLLECTIONS} collections"),
+        ));
+    }
+    tx.put(maps::COLLECTIONS, coll.as_bytes(), b"")
+        .map_err(|e| ApiError::bad("InvalidCollectionId", e.to_string()))
 }
 
 /// The entry a transaction wrote, if it wrote one.
@@ -999,20 +1005,7 @@ async fn put_collection(
         None => me,
     };
     let new = access::parse_access(&v, owner)?;
-    if state.get(maps::COLLECTIONS, coll.as_bytes()).is_none() {
-        let count = state.map(maps::COLLECTIONS).map_or(0, |m| m.len());
-        if count >= MAX_COLLECTIONS {
-            return Err(ApiError::bad(
-                "CollectionCapacityExceeded",
-                format!("a ledger has at most {MAX_COLLECTIONS} collections"),
-            ));
-        }
-        tx.put(maps::COLLECTIONS, coll.as_bytes(), b"")
-            .map_err(ApiError::internal)?;
-    }
-    let bytes = serde_json::to_vec(&new).map_err(ApiError::internal)?;
-    tx.put(access::ACCESS, coll.as_bytes(), &bytes)
-        .map_err(ApiError::internal)?;
+    access::write(&mut tx, &coll, &new)?;
     let txid = e.commit(tx, None).map_err(ApiError::internal)?;
     let mut resp = json_response(access_json(&coll, Some(&new)));
     resp.headers_mut().insert(

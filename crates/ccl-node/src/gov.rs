@@ -70,6 +70,9 @@ pub fn transact<R>(
     if effects.open_service {
         open_service(&mut tx, effects.previous_service_identity.as_deref())?;
     }
+    for access in &effects.collection_access {
+        crate::access::set_by_governance(&mut tx, access)?;
+    }
     crate::join::endorse_trusted_nodes(&mut tx, e.identity())?;
     let after = crate::secrets::recovery_config(&mut tx);
     if before.can_issue() && !after.can_issue() {

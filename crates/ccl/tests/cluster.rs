@@ -296,6 +296,40 @@ fn a_private_collection_is_invisible_to_outsiders_on_every_node() {
         "supply_chain.py:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The members, by governance, let supplier2 read the deal (ccl's set_collection_access);
+    // retailer2 still sees nothing.
+    let sees = |who: &str| -> bool {
+        let cert = std::fs::read_to_string(c.service_cert_path()).unwrap();
+        let id = std::fs::read_to_string(tmp.join(format!("{who}.pem"))).unwrap();
+        let client = ccl_client::Client::new(&c.nodes[2].endpoint(), &cert, Some(&id)).unwrap();
+        c.runtime().block_on(async {
+            let mut conn = client.connect().await.unwrap();
+            let path = "/app/collections/deal-7f3a?api-version=2022-05-13";
+            match conn.request(ccl_client::Method::GET, path, None).await {
+                Ok(r) => r.json().unwrap()["readers"] == serde_json::json!(["group:supplier2"]),
+                Err(ccl_client::ClientError::Api { status, .. }) if status == 404 => false,
+                Err(e) => panic!("{e}"),
+            }
+        })
+    };
+    assert!(!sees("supplier2"));
+    c.propose(
+        "deal-access",
+        serde_json::json!({"actions": [{"name": "set_collection_access", "args": {
+            "collection_id": "deal-7f3a",
+            "writers": ["group:supplier1", "group:retailer1"],
+            "readers": ["group:supplier2"],
+        }}]}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sees("supplier2") {
+        assert!(
+            Instant::now() < deadline,
+            "the members' access list did not apply"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!sees("retailer2"));
     std::fs::remove_dir_all(&tmp).unwrap();
     for i in 0..3 {
         c.stop(i);
