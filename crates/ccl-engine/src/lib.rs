@@ -455,7 +455,15 @@ impl Engine {
         }
         let cert = ccl_crypto::cert::Certificate::from_pem(&ps.cert)
             .map_err(|_| bad("node certificate does not parse"))?;
-        cert.verify_issued_by(&self.identity.service_cert)
+        // The service of that point of the ledger: before a disaster recovery, the previous one.
+        let recorded = self
+            .store
+            .state()
+            .get(tables::SERVICE_INFO, &tables::SINGLETON_KEY)
+            .and_then(|v| serde_json::from_slice::<ServiceInfo>(&v.value).ok())
+            .and_then(|i| ccl_crypto::cert::Certificate::from_pem(&i.cert).ok());
+        let service = recorded.as_ref().unwrap_or(&self.identity.service_cert);
+        cert.verify_issued_by(service)
             .map_err(|_| bad("node certificate is not endorsed by the service"))?;
         let sig = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &ps.sig)
             .map_err(|_| bad("signature is not base64"))?;

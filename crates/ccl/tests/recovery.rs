@@ -229,6 +229,63 @@ fn azure_verify(answer: &serde_json::Value, cert: &Path, dir: &Path) {
     );
 }
 
+/// A process killed when dropped.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Kill {
+    /// SIGTERM, and wait for it to stop.
+    fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `cmd` (stderr appended to `log`) and waits for a stdout line starting with `ready`;
+/// returns the process and that line.
+fn spawn(mut cmd: std::process::Command, log: &Path, ready: &str) -> (Kill, String) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .env("CCL_LOG", "info,openraft=warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let child = Kill(child);
+    let line = loop {
+        let l = lines
+            .next()
+            .unwrap_or_else(|| {
+                panic!(
+                    "the process exited: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            })
+            .unwrap();
+        if l.starts_with(ready) {
+            break l;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, line)
+}
+
 #[test]
 fn disaster_recovery_from_one_nodes_ledger_with_two_of_three_shares() {
     let _one = one_at_a_time();
@@ -264,45 +321,17 @@ fn disaster_recovery_from_one_nodes_ledger_with_two_of_three_shares() {
     let rec = root.path().join("recovered");
     let port = common::cluster::free_ports(1)[0];
     let endpoint = format!("https://127.0.0.1:{port}");
-    let mut child = ccl()
-        .args(["recover", "--ledger-dir"])
-        .arg(node0.join("ledger"))
-        .arg("--data-dir")
-        .arg(&rec)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--signature-interval-ms", "20"])
-        .env("CCL_LOG", "info,openraft=warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(root.path().join("recovered.log")).unwrap())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        loop {
-            let l = lines
-                .next()
-                .unwrap_or_else(|| {
-                    panic!(
-                        "ccl recover exited: {}",
-                        std::fs::read_to_string(root.path().join("recovered.log")).unwrap()
-                    )
-                })
-                .unwrap();
-            if l.starts_with("listening on ") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-    }
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Kill(child);
+    let recover = || {
+        let mut cmd = ccl();
+        cmd.args(["recover", "--ledger-dir"])
+            .arg(node0.join("ledger"))
+            .arg("--data-dir")
+            .arg(&rec)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--signature-interval-ms", "20"]);
+        spawn(cmd, &root.path().join("recovered.log"), "listening on ").0
+    };
+    let mut child = recover();
     let new_cert_path = rec.join("service_cert.pem");
     let new_cert = std::fs::read_to_string(&new_cert_path).unwrap();
     assert_ne!(new_cert, old_cert, "a new service identity");
@@ -486,6 +515,10 @@ fn disaster_recovery_from_one_nodes_ledger_with_two_of_three_shares() {
         )
         .is_err()
     );
+    // The recovering node restarts (the same command) without losing the submitted share.
+    child.stop();
+    child = recover();
+    assert_eq!(status(&rt), "WaitingForRecoveryShares");
     // The second opens it.
     let (ok, out) = gov(
         &endpoint,
@@ -585,13 +618,90 @@ fn disaster_recovery_from_one_nodes_ledger_with_two_of_three_shares() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Another node joins the recovered service: it replays the whole ledger, old part included.
+    let jport = common::cluster::free_ports(1)[0];
+    let mut cmd = ccl();
+    cmd.args(["join", "--target", &endpoint, "--service-cert"])
+        .arg(&new_cert_path)
+        .arg("--data-dir")
+        .arg(root.path().join("joined"))
+        .args(["--listen", &format!("127.0.0.1:{jport}")])
+        .args(["--signature-interval-ms", "20"]);
+    let joiner_log = root.path().join("joined.log");
+    let (joiner, line) = spawn(cmd, &joiner_log, "node ");
+    let node_id = line.split_whitespace().nth(1).unwrap().to_string();
+    let trust = root.path().join("trust.json");
+    std::fs::write(
+        &trust,
+        serde_json::json!({"actions": [{"name": "transition_node_to_trusted", "args": {
+            "node_id": node_id, "valid_from": "20260101000000Z", "validity_period_days": 365}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (ok, out) = gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        0,
+        &["propose", trust.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    let id = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()
+        ["proposalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        0,
+        &["vote", "--accept", &id],
+    );
+    let (_, out) = gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        1,
+        &["vote", "--accept", &id],
+    );
+    assert!(out.contains("Accepted"), "{out}");
+    let joined = client(
+        &format!("https://127.0.0.1:{jport}"),
+        &new_cert_path,
+        &node0.join("user0.pem"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match get(
+            &rt,
+            &joined,
+            &format!("/app/transactions/{}?{API}", written[0].0),
+        ) {
+            Ok(v) if v["entry"]["contents"] == written[0].1.as_str() => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the joined node does not serve old entries: {other:?}\n{}",
+                std::fs::read_to_string(&joiner_log).unwrap_or_default()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    joiner.stop();
+
     // The recovered node restarts like any other (every secret sealed now).
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.0.id().to_string())
-        .status();
-    let _ = child.0.wait();
-    drop(child);
+    child.stop();
+    let mut cmd = ccl();
+    cmd.arg("start")
+        .arg("--data-dir")
+        .arg(&rec)
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    let (child, _) = spawn(cmd, &root.path().join("recovered.log"), "listening on ");
+    for (txid, contents) in &written {
+        let v = get(&rt, &user, &format!("/app/transactions/{txid}?{API}")).unwrap();
+        assert_eq!(v["entry"]["contents"], contents.as_str(), "{v}");
+    }
+    child.stop();
     validate_data_dir(&rec, false);
     check_secrets_chain(&rec);
 }
