@@ -107,7 +107,48 @@ fn rekey_on_three_nodes_everything_stays_readable_and_verifiable() {
         let contents = format!("before the rekey {i}");
         written.push((write(&c, i % 3, None, &contents), contents));
     }
+    // member0 is the one recovery member: its share is issued again at every rekey.
+    let m0 = std::fs::read_to_string(c.nodes[0].dir.join("member0.pem")).unwrap();
+    let m0_id = hex::encode(ccl_crypto::sha256(
+        ccl_crypto::Certificate::from_pem(&m0).unwrap().der(),
+    ));
+    let share_path = format!("/gov/recovery/encrypted-shares/{m0_id}?api-version=2024-07-01");
+    let share_before = c.get(1, &share_path).unwrap()["encryptedShare"].clone();
+    assert!(share_before.is_string());
     rekey(&c, "rekey-1");
+    c.wait_caught_up();
+    let share_after = c.get(2, &share_path).unwrap()["encryptedShare"].clone();
+    assert!(share_after.is_string() && share_after != share_before);
+    // A threshold that one recovery member cannot meet is refused: the service stays recoverable.
+    let proposal = root.path().join("threshold.json");
+    std::fs::write(
+        &proposal,
+        serde_json::json!({"actions": [{"name": "set_recovery_threshold", "args": {
+            "recovery_threshold": 2}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (ok, out) = gov(
+        &c.nodes[0].endpoint(),
+        &c.service_cert_path(),
+        &c.nodes[0].dir,
+        0,
+        &["propose", proposal.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    let id = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()
+        ["proposalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, out) = gov(
+        &c.nodes[0].endpoint(),
+        &c.service_cert_path(),
+        &c.nodes[0].dir,
+        0,
+        &["vote", "--accept", &id],
+    );
+    assert!(!ok && out.contains("InvalidRecoveryThreshold"), "{out}");
     for i in 0..6 {
         let contents = format!("after the first rekey {i}");
         written.push((write(&c, i % 3, None, &contents), contents));
