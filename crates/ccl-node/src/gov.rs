@@ -74,6 +74,19 @@ pub fn transact<R>(
         crate::access::set_by_governance(&mut tx, access)?;
     }
     crate::join::endorse_trusted_nodes(&mut tx, e.identity())?;
+    if crate::recovery::is_recovering(&mut tx) {
+        // The shares of the lost service's secret must stay as they are until it is recovered.
+        if effects.rekey || effects.refresh_shares || effects.snapshot {
+            return Err(ApiError::bad(
+                "ServiceRecovering",
+                "no rekey, new recovery shares or snapshot before the service is recovered",
+            ));
+        }
+        e.commit(tx, None).map_err(ApiError::internal)?;
+        drop(e);
+        shared.refresh_status();
+        return Ok(r);
+    }
     let after = crate::secrets::recovery_config(&mut tx);
     if before.can_issue() && !after.can_issue() {
         return Err(ApiError::bad(

@@ -14,6 +14,18 @@ use ccl_ledger::tables;
 /// (CCF's map).
 pub const PREVIOUS_SERVICE_IDENTITY: &str = "public:ccf.gov.service.previous_service_identity";
 
+/// Whether the service is being recovered (Recovering or WaitingForRecoveryShares).
+pub fn is_recovering(tx: &mut Tx) -> bool {
+    tx.get(tables::SERVICE_INFO, &tables::SINGLETON_KEY)
+        .and_then(|v| serde_json::from_slice::<tables::ServiceInfo>(&v).ok())
+        .is_some_and(|i| {
+            matches!(
+                i.status,
+                tables::ServiceStatus::Recovering | tables::ServiceStatus::WaitingForRecoveryShares
+            )
+        })
+}
+
 /// A recovering service opens only for a proposal that names the previous service identity.
 pub fn check_previous_identity(tx: &mut Tx, given: Option<&str>) -> Result<(), GovError> {
     let recorded = tx

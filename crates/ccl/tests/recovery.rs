@@ -479,6 +479,40 @@ fn disaster_recovery_from_one_nodes_ledger_with_two_of_three_shares() {
     );
     assert!(out.contains("Accepted"), "{out}");
     assert_eq!(status(&rt), "WaitingForRecoveryShares");
+    // No rekey while the old shares are still needed.
+    std::fs::write(
+        &proposal,
+        serde_json::json!({"actions": [{"name": "trigger_ledger_rekey", "args": {}}]}).to_string(),
+    )
+    .unwrap();
+    let (ok, out) = gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        0,
+        &["propose", proposal.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    let id = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()
+        ["proposalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        0,
+        &["vote", "--accept", &id],
+    );
+    let (ok, out) = gov(
+        &endpoint,
+        &new_cert_path,
+        &node0,
+        1,
+        &["vote", "--accept", &id],
+    );
+    assert!(!ok && out.contains("ServiceRecovering"), "{out}");
 
     // A wrong share is refused with a clear error, and changes nothing.
     let m1 = std::fs::read_to_string(node0.join("member1.pem")).unwrap();
