@@ -130,6 +130,16 @@ pub fn prepare(cfg: &NodeConfig, old_ledger: &Path) -> Result<Prepared, NodeErro
         // What no signature covers is not recovered (as in CCF).
         e.rollback(last_signed.seqno)?;
     }
+    if e.store()
+        .state()
+        .get(tables::RECOVERY_SHARES, &tables::SINGLETON_KEY)
+        .is_none()
+    {
+        return Err(config(
+            "the lost service issued no recovery shares (it had no recovery members): its \
+             private state cannot be recovered",
+        ));
+    }
     e.set_view(last_signed.view + 1);
     let view = e.view();
     let node_id = identity.node_id();
