@@ -372,6 +372,9 @@ impl Cluster {
         for i in b {
             std::fs::write(&self.nodes[*i].partition, ids(a)).unwrap();
         }
+        // Nodes re-read the file at most every `ccl_consensus::faults::REREAD` (50 ms): until then
+        // a write may still reach the other side.
+        std::thread::sleep(Duration::from_millis(150));
     }
 
     pub fn heal(&self) {
