@@ -192,6 +192,25 @@ impl Ledger {
                             name.file_name()
                         )));
                     }
+                    // Killed between completing this chunk (table, header, fsync) and renaming
+                    // it: finish the rename if the table and every entry check out.
+                    if let Some(end) = Self::completed_in_place(name.start, &path, check)? {
+                        let done = ChunkName {
+                            start: name.start,
+                            end: Some(end),
+                            committed: false,
+                        };
+                        let to = dir.join(done.file_name());
+                        std::fs::rename(&path, &to).map_err(io_err(&to))?;
+                        sync_dir(dir)?;
+                        tracing::warn!(chunk = %to.display(), "finished a chunk completion a crash interrupted");
+                        index.complete.push(CompleteChunk {
+                            name: done,
+                            path: to,
+                        });
+                        report.last_seqno = end;
+                        continue;
+                    }
                     let c = Self::recover_current(name.start, &path, check, &mut report)?;
                     report.last_seqno = name.start + c.positions.len() as u64 - 1;
                     if c.positions.is_empty() {
@@ -223,6 +242,37 @@ impl Ledger {
         Ok((ledger, report))
     }
 
+    /// An in-progress chunk file whose header already points at a positions table: if the table
+    /// is consistent and every entry it lists is whole, in sequence and passes `check`, the
+    /// chunk was completed and only its rename was lost. Returns its last seqno.
+    fn completed_in_place(
+        start: u64,
+        path: &Path,
+        check: &mut dyn FnMut(&Entry<'_>) -> bool,
+    ) -> Result<Option<u64>, LedgerError> {
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let Ok(Some(table)) = chunk::read_table(&bytes) else {
+            return Ok(None);
+        };
+        let table_offset = bytes.len() - table.len() * 4;
+        if table.is_empty() || table[0] as usize != CHUNK_HEADER_SIZE {
+            return Ok(None);
+        }
+        for (i, &p) in table.iter().enumerate() {
+            let end = table.get(i + 1).map_or(table_offset, |n| *n as usize);
+            let p = p as usize;
+            if p >= end || end > table_offset {
+                return Ok(None);
+            }
+            match Entry::parse(&bytes[p..end]) {
+                Ok((e, len)) if len == end - p && e.txid.seqno == start + i as u64 && check(&e) => {
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(start + table.len() as u64 - 1))
+    }
+
     fn recover_current(
         start: u64,
         path: &Path,
@@ -236,9 +286,12 @@ impl Ledger {
         if bytes.len() < CHUNK_HEADER_SIZE {
             cut = Some("chunk header is incomplete".into());
             pos = 0;
-        } else if bytes[..CHUNK_HEADER_SIZE] != [0u8; CHUNK_HEADER_SIZE] {
-            cut = Some("in-progress chunk has a positions table offset".into());
         }
+        // A header that points at a table completed_in_place refused: the scan below stops at
+        // the first entry that is not whole (at the latest, at the table) and the header is
+        // zeroed with the cut.
+        let header_set = bytes.len() >= CHUNK_HEADER_SIZE
+            && bytes[..CHUNK_HEADER_SIZE] != [0u8; CHUNK_HEADER_SIZE];
         while cut.is_none() && pos < bytes.len() {
             let expected = start + positions.len() as u64;
             match Entry::parse(&bytes[pos..]) {
@@ -263,6 +316,9 @@ impl Ledger {
             .write(true)
             .open(path)
             .map_err(io_err(path))?;
+        if header_set && cut.is_none() {
+            cut = Some("in-progress chunk has a positions table offset".into());
+        }
         if let Some(reason) = cut {
             let removed = bytes.len() as u64 - pos as u64;
             tracing::warn!(path = %path.display(), removed, %reason, "cutting the ledger's torn tail");
@@ -868,6 +924,54 @@ mod tests {
         l.append(19, &entry(19), false, false).unwrap();
         l.sync().unwrap();
         assert_eq!(l.reader().read_entry(19).unwrap(), entry(19));
+    }
+
+    #[test]
+    fn a_completion_interrupted_before_its_rename_is_finished_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut l, _) = open(dir.path(), 1);
+        for s in 1..=5u64 {
+            l.append(s, &entry(s), s == 5, false).unwrap();
+        }
+        l.sync().unwrap();
+        drop(l);
+        assert_eq!(files(dir.path()), ["ledger_1-5"]);
+        // Killed after the table, header and fsync, before the rename.
+        let done = dir.path().join("ledger_1-5");
+        let in_progress = dir.path().join("ledger_1");
+        std::fs::rename(&done, &in_progress).unwrap();
+        let complete = std::fs::read(&in_progress).unwrap();
+        let (mut l, r) = open(dir.path(), 1);
+        assert_eq!((r.last_seqno, r.truncated.clone()), (5, None), "{r:?}");
+        assert_eq!(files(dir.path()), ["ledger_1-5"]);
+        assert_eq!(
+            std::fs::read(&done).unwrap(),
+            complete,
+            "the chunk is unchanged"
+        );
+        l.append(6, &entry(6), false, false).unwrap();
+        l.sync().unwrap();
+        assert_eq!(l.reader().read_entry(5).unwrap(), entry(5));
+        drop(l);
+        // A table that does not check out (a crash before the fsync reached it): the entries
+        // that are whole stay, the rest is cut, and the chunk is in progress again.
+        std::fs::remove_file(dir.path().join("ledger_6")).unwrap();
+        let mut bytes = complete.clone();
+        let n = bytes.len();
+        bytes[n - 2] ^= 0x40; // the last position now points nowhere sensible
+        std::fs::write(&in_progress, &bytes).unwrap();
+        std::fs::remove_file(&done).unwrap();
+        let (mut l, r) = open(dir.path(), 1 << 20);
+        assert_eq!(r.last_seqno, 5, "{r:?}");
+        assert!(r.truncated.is_some());
+        assert_eq!(files(dir.path()), ["ledger_1"]);
+        let bytes = std::fs::read(&in_progress).unwrap();
+        assert_eq!(&bytes[..CHUNK_HEADER_SIZE], &[0u8; CHUNK_HEADER_SIZE]);
+        l.append(6, &entry(6), false, false).unwrap();
+        l.sync().unwrap();
+        for s in 1..=6 {
+            assert_eq!(l.reader().read_entry(s).unwrap(), entry(s));
+        }
     }
 
     #[test]
