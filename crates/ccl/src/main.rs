@@ -61,6 +61,11 @@ enum Command {
         #[command(flatten)]
         conn: user::Conn,
     },
+    /// Private collections: who may read and write a collection.
+    Collection {
+        #[command(subcommand)]
+        command: CollectionCommand,
+    },
     /// Offline operations on ledger directories.
     Ledger {
         #[command(subcommand)]
@@ -76,6 +81,29 @@ enum Command {
     Gov(gov::GovArgs),
     /// Measure throughput (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum CollectionCommand {
+    /// Make a collection private to these readers and writers, or change them (its owner or an
+    /// Administrator). Readers and writers are user ids or group:<name>.
+    Access {
+        collection: String,
+        /// A user id or group:<name> who may read (repeatable).
+        #[arg(long = "reader")]
+        readers: Vec<String>,
+        /// A user id or group:<name> who may read and write (repeatable).
+        #[arg(long = "writer")]
+        writers: Vec<String>,
+        #[command(flatten)]
+        conn: user::Conn,
+    },
+    /// Whether a collection is private, and to whom (not found if you may not see it).
+    Show {
+        collection: String,
+        #[command(flatten)]
+        conn: user::Conn,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,6 +187,18 @@ fn main() -> ExitCode {
             to,
             conn,
         } => user::list(&conn, collection.as_deref(), from.as_deref(), to.as_deref()),
+        Command::Collection {
+            command:
+                CollectionCommand::Access {
+                    collection,
+                    readers,
+                    writers,
+                    conn,
+                },
+        } => user::collection_access(&conn, &collection, &readers, &writers),
+        Command::Collection {
+            command: CollectionCommand::Show { collection, conn },
+        } => user::collection_show(&conn, &collection),
         Command::Receipt {
             command:
                 ReceiptCommand::Get {

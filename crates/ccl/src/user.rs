@@ -1,4 +1,5 @@
-//! User commands: `ccl put`, `ccl get`, `ccl list`, `ccl receipt get`, through the API.
+//! User commands: `ccl put`, `ccl get`, `ccl list`, `ccl receipt get`, `ccl collection`,
+//! through the API.
 
 use anyhow::{Context, Result, bail};
 use ccl_client::{Client, Connection};
@@ -147,6 +148,74 @@ pub fn list(
                 None => break,
             }
         }
+        Ok(())
+    })
+}
+
+/// Prints a collection's access as `ccl collection show` does.
+fn print_access(conn: &Conn, v: &serde_json::Value) {
+    if conn.json {
+        println!("{v}");
+        return;
+    }
+    let id = v["collectionId"].as_str().unwrap_or("");
+    if v["private"] != true {
+        println!("{id}: public");
+        return;
+    }
+    let list = |k: &str| {
+        v[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    println!("{id}: private");
+    println!("owner:   {}", v["owner"].as_str().unwrap_or(""));
+    println!("writers: {}", list("writers"));
+    println!("readers: {}", list("readers"));
+}
+
+/// `ccl collection show`: whether a collection is private, and to whom.
+pub fn collection_show(conn: &Conn, id: &str) -> Result<()> {
+    conn.runtime()?.block_on(async {
+        let mut c = conn.connect().await?;
+        let v = c
+            .get_app(&format!("/app/collections/{}", ccl_client::escape(id)))
+            .await?;
+        print_access(conn, &v);
+        Ok(())
+    })
+}
+
+/// `ccl collection access`: makes a collection private to these readers and writers (or
+/// changes them).
+pub fn collection_access(
+    conn: &Conn,
+    id: &str,
+    readers: &[String],
+    writers: &[String],
+) -> Result<()> {
+    conn.runtime()?.block_on(async {
+        let mut c = conn.connect().await?;
+        let body = serde_json::json!({"readers": readers, "writers": writers}).to_string();
+        let path = format!(
+            "/app/collections/{}?api-version={}",
+            ccl_client::escape(id),
+            ccl_client::API_VERSION
+        );
+        let r = c
+            .request(
+                ccl_client::Method::PUT,
+                &path,
+                Some(("application/json", body.into_bytes())),
+            )
+            .await?;
+        let v = r.json()?;
+        print_access(conn, &v);
         Ok(())
     })
 }

@@ -86,6 +86,37 @@ impl Node {
         );
         let (ok, _, err) = run(&["get", "banana"]);
         assert!(!ok && err.contains("InvalidTransactionId"), "{err}");
+        // Private collections: the caller creates one and owns it.
+        let (ok, out, err) = run(&["collection", "show", "cli"]);
+        assert!(ok && out.trim() == "cli: public", "{out}{err}");
+        let (ok, out, err) = run(&[
+            "collection",
+            "access",
+            "cli-private",
+            "--writer",
+            "group:supplier1",
+            "--reader",
+            "AB:CD",
+        ]);
+        assert!(ok, "{err}");
+        assert!(
+            out.contains("cli-private: private")
+                && out.contains("writers: group:supplier1")
+                && out.contains("readers: AB:CD"),
+            "{out}"
+        );
+        let (ok, out, err) = run(&["put", "mine", "--collection", "cli-private", "--wait"]);
+        assert!(ok && out.contains("committed"), "{out}{err}");
+        let (ok, out, err) = run(&["collection", "show", "cli-private", "--json"]);
+        assert!(ok && out.contains("\"private\":true"), "{out}{err}");
+        // Bad lists and unknown collections: a clear error and a non-zero exit.
+        let (ok, _, err) = run(&["collection", "access", "cli-bad", "--reader", "group:"]);
+        assert!(!ok && err.contains("InvalidAccessList"), "{err}");
+        let (ok, _, err) = run(&["collection", "show", "never-written"]);
+        assert!(!ok && err.contains("CollectionNotFound"), "{err}");
+        // The default collection stays public.
+        let (ok, _, err) = run(&["collection", "access", "subledger:0", "--reader", "AB:CD"]);
+        assert!(!ok && err.contains("CollectionIdTaken"), "{err}");
     }
 
     fn stop(self, signal: &str) {
