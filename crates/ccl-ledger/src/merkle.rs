@@ -797,7 +797,7 @@ mod tests {
         assert!(Frontier::from_bytes(&[1, 0, 0, 0, 0, 0, 0, 0]).is_none());
     }
 
-#[test]
+    #[test]
     fn a_tree_started_from_a_frontier_reopens_from_its_files() {
         let ls = leaves(400);
         for start in [157u64, 256, 2617 % 400, 301] {
@@ -816,7 +816,8 @@ mod tests {
             t.flush().unwrap();
             drop(t);
             let mut again =
-                MerkleTree::with_store(Box::new(FileNodeStore::open(dir.path(), 4).unwrap())).unwrap();
+                MerkleTree::with_store(Box::new(FileNodeStore::open(dir.path(), 4).unwrap()))
+                    .unwrap();
             assert_eq!(again.len(), 400, "start {start}");
             assert_eq!(again.root(), full.root());
             for i in start..400 {
@@ -828,7 +829,7 @@ mod tests {
         }
     }
 
-        proptest! {
+    proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
         fn root_preimage_hashes_to_the_root(n in 1usize..300) {

@@ -227,7 +227,9 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
             .map(|(m, k)| (m.1.pem(), Some(k.clone())))
             .collect();
         member_pems.extend(cfg.member_certs.iter().map(|c| (c.clone(), None)));
-        let threshold = (created.members.len() / 2 + 1).min(created.members.len()).max(1);
+        let threshold = (created.members.len() / 2 + 1)
+            .min(created.members.len())
+            .max(1);
         let mut gov_error = None;
         let e = Engine::create(dir, cfg.engine.clone(), identity, secret, |tx| {
             let user = serde_json::json!({"user_data": {"assignedRole": "Administrator"}});
@@ -238,12 +240,9 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
                 user.to_string().as_bytes(),
             )?;
             for (pem, key) in &member_pems {
-                if let Err(e) = ccl_gov::add_member(
-                    tx,
-                    pem,
-                    ccl_gov::MemberStatus::Accepted,
-                    key.as_deref(),
-                ) {
+                if let Err(e) =
+                    ccl_gov::add_member(tx, pem, ccl_gov::MemberStatus::Accepted, key.as_deref())
+                {
                     gov_error = Some(e);
                 }
             }

@@ -10,9 +10,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ccl_consensus::log::{LogStore, StateMachine};
 use ccl_consensus::net::{Network, decode_request, encode_response};
+use ccl_consensus::openraft::ChangeMembers;
 use ccl_consensus::{NodeAddr, Raft, raft_config, raft_id};
 use ccl_ledger::tables::{self, NodeInfo, NodeStatus};
-use ccl_consensus::openraft::ChangeMembers;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -449,7 +449,10 @@ pub async fn route_writes(
         let cert_id = (id != "-" && id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| id.to_ascii_lowercase());
         req.headers_mut().remove(FORWARDED_CALLER);
-        req.extensions_mut().insert(Caller { cert_id, cert: None });
+        req.extensions_mut().insert(Caller {
+            cert_id,
+            cert: None,
+        });
         let mut resp = next.run(req).await;
         let last = shared.handle.last_seqno();
         let seen = format!("{}.{last}", shared.handle.view_of(last).unwrap_or(0));
@@ -478,7 +481,12 @@ fn no_primary(why: &str) -> Response {
     r
 }
 
-async fn forward(shared: &Shared, primary: &NodeAddr, caller: Option<Caller>, req: Request) -> Response {
+async fn forward(
+    shared: &Shared,
+    primary: &NodeAddr,
+    caller: Option<Caller>,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, crate::api::MAX_FORWARDED_BODY).await {
         Ok(b) => b,

@@ -99,7 +99,7 @@ impl Params {
             // Signatures by time are the simulation's job (`signature_every`, on the simulated
             // clock): the engine's own timer reads the real clock.
             signature_interval: Duration::from_secs(3600),
-        signature_min_interval: Duration::from_secs(3600),
+            signature_min_interval: Duration::from_secs(3600),
             chunk_size: self.chunk_size,
             snapshot_interval_txs: self.snapshot_interval_txs,
             merkle_cache_pages: 4,
