@@ -437,7 +437,8 @@ pub async fn serve(
     // A network of one node elects itself at once: wait for it (bounded), so that the first
     // requests do not meet an election under way.
     let deadline = Instant::now() + SINGLE_NODE_ELECTION_WAIT;
-    while shared.network_size() == 1 && !shared.is_primary() && Instant::now() < deadline {
+    // (Before Raft's metrics show the initial membership, the network counts 0 nodes.)
+    while shared.network_size() <= 1 && !shared.is_primary() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let app = api::router(shared.clone());

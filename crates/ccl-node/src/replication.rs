@@ -34,6 +34,9 @@ pub const CAUGHT_UP_ENTRIES: u64 = 8;
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept to the primary.
 pub const FORWARD_POOL: usize = 64;
+/// A write reaching a node that Raft just made leader waits this long for it to take up the
+/// primary role (a proposer tick), rather than being refused.
+pub const TAKEOVER_WAIT: Duration = Duration::from_millis(500);
 
 /// Background tasks of a running node.
 pub struct Tasks {
@@ -465,7 +468,19 @@ pub async fn route_writes(
     if !is_write || req.uri().path().starts_with("/internal/") || shared.is_primary() {
         return next.run(req).await;
     }
-    let Some(primary) = primary(&shared).filter(|p| p.node_id != shared.node_id) else {
+    let leader = primary(&shared);
+    if leader.as_ref().is_some_and(|p| p.node_id == shared.node_id) {
+        // Raft made this node the leader; its proposer takes up the term within a tick.
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        while !shared.is_primary() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if shared.is_primary() {
+            return next.run(req).await;
+        }
+        return no_primary("this node is taking up the primary role: retry shortly");
+    }
+    let Some(primary) = leader else {
         return no_primary("no primary is known: an election is under way");
     };
     if raft_id(&primary.node_id).is_some_and(ccl_consensus::faults::blocked) {
