@@ -357,7 +357,12 @@ impl Network {
     /// service is Open.
     async fn wait_ready(&mut self) -> Result<Ready> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let node0 = self.root.join("node0");
+        // `ccl start --nodes 1` is a plain node: its files are in the data directory itself.
+        let node0 = if self.nodes == 1 {
+            self.root.clone()
+        } else {
+            self.root.join("node0")
+        };
         let endpoints: Vec<String> = (0..self.nodes)
             .map(|i| format!("https://127.0.0.1:{}", self.base_port + i as u16))
             .collect();
