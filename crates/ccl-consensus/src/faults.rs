@@ -9,6 +9,22 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const PARTITION_FILE_ENV: &str = "CCL_TEST_PARTITION_FILE";
+/// Tests only: every node with this variable gets exactly this election timeout (ms), so that
+/// voters time out together and split their votes (see `ccl_node::replication`'s
+/// `unstick_elections`).
+pub const FIXED_ELECTION_TIMEOUT_ENV: &str = "CCL_TEST_ELECTION_TIMEOUT_MS";
+
+/// The election timeout [`FIXED_ELECTION_TIMEOUT_ENV`] fixes, if any.
+pub fn fixed_election_timeout() -> Option<u64> {
+    std::env::var(FIXED_ELECTION_TIMEOUT_ENV)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|ms| *ms > HEARTBEAT_FLOOR_MS)
+}
+
+/// A fixed election timeout must stay above the heartbeat interval.
+const HEARTBEAT_FLOOR_MS: u64 = crate::HEARTBEAT_INTERVAL_MS;
 pub const REREAD: Duration = Duration::from_millis(50);
 
 struct Cache {

@@ -130,11 +130,15 @@ pub fn raft_id(node_id_hex: &str) -> Option<u64> {
 
 /// openraft's configuration with ccl's timeouts and limits.
 pub fn raft_config() -> std::sync::Arc<openraft::Config> {
+    let (min, max) = match faults::fixed_election_timeout() {
+        Some(ms) => (ms, ms + 1),
+        None => (ELECTION_TIMEOUT_MIN_MS, ELECTION_TIMEOUT_MAX_MS),
+    };
     let cfg = openraft::Config {
         cluster_name: "ccl".into(),
         heartbeat_interval: HEARTBEAT_INTERVAL_MS,
-        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
-        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        election_timeout_min: min,
+        election_timeout_max: max,
         max_payload_entries: MAX_ENTRIES_PER_RPC,
         // The ledger is never purged (it is the audit trail) and a joining node starts from the
         // engine's snapshot, handed over by the join protocol: Raft itself never snapshots.

@@ -34,6 +34,10 @@ pub const CAUGHT_UP_ENTRIES: u64 = 8;
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept to the primary.
 pub const FORWARD_POOL: usize = 64;
+/// A voter that has known no leader this long calls an election at a random moment (see
+/// `unstick_elections`).
+pub const STUCK_ELECTION: Duration =
+    Duration::from_millis(3 * ccl_consensus::ELECTION_TIMEOUT_MAX_MS);
 /// A write reaching a node that Raft just made leader waits this long for it to take up the
 /// primary role (a proposer tick), rather than being refused.
 pub const TAKEOVER_WAIT: Duration = Duration::from_millis(500);
@@ -95,9 +99,50 @@ pub async fn start(shared: &Arc<Shared>, cfg: &NodeConfig) -> Result<Tasks, Node
             }
         })
     };
+    let unsticker = tokio::spawn(unstick_elections(shared.clone(), raft.clone()));
     Ok(Tasks {
-        handles: vec![proposer, reconciler],
+        handles: vec![proposer, reconciler, unsticker],
     })
+}
+
+/// openraft draws a node's election timeout once, when Raft starts. Two voters whose timeouts
+/// are within a message delay of each other can then split every vote in lockstep: both become
+/// candidates at the same instant, term after term, and with a majority of exactly their number
+/// (3 of 5 reachable, say) neither ever wins. When this voter has known no leader for
+/// [`STUCK_ELECTION`], it calls an election at a random moment, which breaks the tie.
+async fn unstick_elections(shared: Arc<Shared>, raft: ccl_consensus::Raft) {
+    let mut leaderless_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (leader, voter) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == shared.raft_id);
+            (m.current_leader, voter)
+        };
+        if leader.is_some() || !voter {
+            leaderless_since = None;
+            continue;
+        }
+        let since = *leaderless_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < STUCK_ELECTION {
+            continue;
+        }
+        let r = u64::from_le_bytes(ccl_crypto::random_array::<8>().unwrap_or_default());
+        let jitter = r % ccl_consensus::ELECTION_TIMEOUT_MIN_MS;
+        tokio::time::sleep(Duration::from_millis(jitter)).await;
+        if raft.metrics().borrow().current_leader.is_none() {
+            tracing::info!("no leader for a while: calling an election at a random moment");
+            if raft.trigger().elect().await.is_err() {
+                return;
+            }
+        }
+        leaderless_since = Some(Instant::now());
+    }
 }
 
 /// Stops: the primary signs what it has (ending the chunk) and waits briefly for that to commit;

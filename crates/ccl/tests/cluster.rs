@@ -234,6 +234,47 @@ fn killing_the_primary_loses_no_committed_write() {
     }
 }
 
+/// openraft fixes each node's election timeout when Raft starts. Voters whose timeouts are equal
+/// (forced here) time out together after losing the primary and split every vote, term after
+/// term; a voter that has known no leader for a while calls an election at a random moment, so
+/// a primary is still elected.
+#[test]
+fn voters_with_equal_election_timeouts_still_elect_a_primary() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // The nodes inherit it (only while they start: restarts would not).
+    // SAFETY: the tests of this file run one at a time (ONE_AT_A_TIME) and no other thread
+    // reads the environment meanwhile.
+    unsafe { std::env::set_var("CCL_TEST_ELECTION_TIMEOUT_MS", "1000") };
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    unsafe { std::env::remove_var("CCL_TEST_ELECTION_TIMEOUT_MS") };
+    let p = c.primary().expect("a primary");
+    c.kill(p);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    let new_primary = loop {
+        if let Some(np) = (0..3)
+            .filter(|i| *i != p)
+            .find(|i| c.network(*i)["is_primary"] == true)
+        {
+            break np;
+        }
+        assert!(Instant::now() < deadline, "no primary 30 s after the kill");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("primary after {:?}", started.elapsed());
+    let client = c.client(new_primary);
+    c.runtime().block_on(async {
+        let mut conn = client.connect().await.unwrap();
+        let t = conn.write_entry(None, "after a split vote").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while conn.status(&t).await.unwrap() != "Committed" {
+            assert!(Instant::now() < deadline, "the new primary cannot commit");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}
+
 #[test]
 fn the_azure_sdk_works_against_a_backup_of_three_nodes() {
     let _serial = one_at_a_time();
