@@ -495,20 +495,7 @@ fn a_rekey_through_the_ledger_reaches_backups_and_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let bdir = tempfile::tempdir().unwrap();
     let (mut e, id) = new_engine(dir.path(), cfg());
-    // A backup: another node of the same service.
-    let bkey = ccl_crypto::SigningKey::generate(ccl_crypto::Curve::P384).unwrap();
-    let bid = Identity {
-        node_cert: Identity::endorse_node(
-            &bkey.verifying_key(),
-            &[],
-            &id.service_key,
-            &id.service_cert,
-        )
-        .unwrap(),
-        node_key: bkey,
-        service_key: id.service_key.clone(),
-        service_cert: id.service_cert.clone(),
-    };
+    let bid = backup_identity(&id);
     let mut b = Engine::open(bdir.path(), cfg(), bid.clone(), secrets()).unwrap();
     write(&mut e, 0, 5);
     let r = rekey_tx(&mut e, &[&id, &bid], &[9u8; 32]);

@@ -9,6 +9,69 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Runs `tests/python/<script>` with `args`: it must succeed and print `ok`.
+fn run_python(script: &str, args: &[std::ffi::OsString], ok: &str) {
+    let out = std::process::Command::new(python())
+        .arg(format!(
+            "{}/tests/python/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && stdout.contains(ok),
+        "{script}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Stops every node; then their committed chunks are byte-identical and every data directory
+/// validates with `ccl ledger verify` and read_ledger.py.
+fn stop_and_validate(c: &mut Cluster) {
+    for i in 0..c.nodes.len() {
+        c.stop(i);
+    }
+    committed_chunks_identical(c);
+    for n in &c.nodes {
+        validate_data_dir(&n.dir, false);
+    }
+}
+
+/// Waits (at most `timeout`) until one of `candidates` is primary.
+fn wait_primary_among(c: &Cluster, candidates: &[usize], timeout: Duration) -> Option<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(p) = candidates
+            .iter()
+            .copied()
+            .find(|i| c.network(*i)["is_primary"] == true)
+        {
+            return Some(p);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Writes `contents` through node `i` and waits (10 s at most) until it is committed.
+fn commit_one(c: &Cluster, i: usize, contents: &str) -> String {
+    let client = c.client(i);
+    c.runtime().block_on(async {
+        let mut conn = client.connect().await.unwrap();
+        let t = conn.write_entry(None, contents).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while conn.status(&t).await.unwrap() != "Committed" {
+            assert!(Instant::now() < deadline, "node {i} cannot commit");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        t
+    })
+}
+
 /// The tests of this file run one at a time: each runs a network of processes, and several at
 /// once on a small machine would measure the machine, not the network.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -225,13 +288,7 @@ fn killing_the_primary_loses_no_committed_write() {
     c.launch(p);
     check_present(&c, p, &all);
     check_receipt(&c, p, &later.txid);
-    for i in 0..3 {
-        c.stop(i);
-    }
-    committed_chunks_identical(&c);
-    for i in 0..3 {
-        validate_data_dir(&c.nodes[i].dir, false);
-    }
+    stop_and_validate(&mut c);
 }
 
 /// openraft fixes each node's election timeout when Raft starts. Voters whose timeouts are equal
@@ -251,28 +308,11 @@ fn voters_with_equal_election_timeouts_still_elect_a_primary() {
     let p = c.primary().expect("a primary");
     c.kill(p);
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(30);
-    let new_primary = loop {
-        if let Some(np) = (0..3)
-            .filter(|i| *i != p)
-            .find(|i| c.network(*i)["is_primary"] == true)
-        {
-            break np;
-        }
-        assert!(Instant::now() < deadline, "no primary 30 s after the kill");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let others: Vec<usize> = (0..3).filter(|i| *i != p).collect();
+    let new_primary = wait_primary_among(&c, &others, Duration::from_secs(30))
+        .expect("no primary 30 s after the kill");
     eprintln!("primary after {:?}", started.elapsed());
-    let client = c.client(new_primary);
-    c.runtime().block_on(async {
-        let mut conn = client.connect().await.unwrap();
-        let t = conn.write_entry(None, "after a split vote").await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while conn.status(&t).await.unwrap() != "Committed" {
-            assert!(Instant::now() < deadline, "the new primary cannot commit");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
+    commit_one(&c, new_primary, "after a split vote");
 }
 
 #[test]
@@ -282,27 +322,16 @@ fn the_azure_sdk_works_against_a_backup_of_three_nodes() {
     let mut c = Cluster::start(dir.path(), 3, &[]);
     let p = c.primary().expect("a primary");
     let backup = (0..3).find(|i| *i != p).unwrap();
-    let script = format!("{}/tests/python/sdk_e2e.py", env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(python())
-        .arg(script)
-        .arg(c.nodes[backup].endpoint())
-        .arg(c.service_cert_path())
-        .arg(c.user_pem())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success() && stdout.contains("sdk e2e OK"),
-        "sdk_e2e.py against backup node {backup}:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_python(
+        "sdk_e2e.py",
+        &[
+            c.nodes[backup].endpoint().into(),
+            c.service_cert_path().into(),
+            c.user_pem().into(),
+        ],
+        "sdk e2e OK",
     );
-    for i in 0..3 {
-        c.stop(i);
-    }
-    committed_chunks_identical(&c);
-    for i in 0..3 {
-        validate_data_dir(&c.nodes[i].dir, false);
-    }
+    stop_and_validate(&mut c);
 }
 
 /// Issue 6: supplier1 and retailer1 share a private collection on a 3-node network; supplier2,
@@ -319,23 +348,16 @@ fn a_private_collection_is_invisible_to_outsiders_on_every_node() {
     let tmp = dir.path().join("identities");
     std::fs::create_dir_all(&tmp).unwrap();
     let endpoints: Vec<String> = c.nodes.iter().map(|n| n.endpoint()).collect();
-    let out = std::process::Command::new(python())
-        .arg(format!(
-            "{}/tests/python/supply_chain.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .arg(endpoints.join(","))
-        .arg(c.service_cert_path())
-        .arg(c.user_pem())
-        .arg(MARKER)
-        .arg(&tmp)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success() && stdout.contains("supply chain OK"),
-        "supply_chain.py:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_python(
+        "supply_chain.py",
+        &[
+            endpoints.join(",").into(),
+            c.service_cert_path().into(),
+            c.user_pem().into(),
+            MARKER.into(),
+            tmp.clone().into(),
+        ],
+        "supply chain OK",
     );
     // The members, by governance, let supplier2 read the deal (ccl's set_collection_access);
     // retailer2 still sees nothing.
@@ -372,13 +394,7 @@ fn a_private_collection_is_invisible_to_outsiders_on_every_node() {
     }
     assert!(!sees("retailer2"));
     std::fs::remove_dir_all(&tmp).unwrap();
-    for i in 0..3 {
-        c.stop(i);
-    }
-    committed_chunks_identical(&c);
-    for i in 0..3 {
-        validate_data_dir(&c.nodes[i].dir, false);
-    }
+    stop_and_validate(&mut c);
     // The operator's view: every file of every node, logs included.
     let all = files(dir.path());
     assert!(
@@ -431,13 +447,7 @@ fn restarting_each_node_in_turn_under_load_loses_nothing() {
     for i in 0..3 {
         check_present(&c, i, &all);
     }
-    for i in 0..3 {
-        c.stop(i);
-    }
-    committed_chunks_identical(&c);
-    for i in 0..3 {
-        validate_data_dir(&c.nodes[i].dir, false);
-    }
+    stop_and_validate(&mut c);
 }
 
 #[test]
@@ -465,38 +475,15 @@ fn a_cut_off_minority_cannot_commit_and_rolls_back_when_healed() {
         });
     }
     // The majority elects a primary and commits.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let new_primary = loop {
-        if let Some(np) = majority
-            .iter()
-            .copied()
-            .find(|i| c.network(*i)["is_primary"] == true)
-        {
-            break np;
-        }
-        if Instant::now() > deadline {
-            let _ = std::process::Command::new("cp")
-                .arg("-r")
-                .arg(&c.root)
-                .arg("/tmp/cluster-failure")
-                .status();
-            panic!("the majority elected no primary (directories copied to /tmp/cluster-failure)");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let Some(new_primary) = wait_primary_among(&c, &majority, Duration::from_secs(20)) else {
+        let _ = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&c.root)
+            .arg("/tmp/cluster-failure")
+            .status();
+        panic!("the majority elected no primary (directories copied to /tmp/cluster-failure)");
     };
-    let committed = {
-        let client = c.client(new_primary);
-        c.runtime().block_on(async {
-            let mut conn = client.connect().await.unwrap();
-            let t = conn.write_entry(None, "majority").await.unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while conn.status(&t).await.unwrap() != "Committed" {
-                assert!(Instant::now() < deadline, "the majority cannot commit");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            t
-        })
-    };
+    let committed = commit_one(&c, new_primary, "majority");
     for t in &stranded {
         let v = c
             .get(
@@ -531,13 +518,7 @@ fn a_cut_off_minority_cannot_commit_and_rolls_back_when_healed() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    for i in 0..5 {
-        c.stop(i);
-    }
-    committed_chunks_identical(&c);
-    for i in 0..5 {
-        validate_data_dir(&c.nodes[i].dir, false);
-    }
+    stop_and_validate(&mut c);
 }
 
 #[test]

@@ -3,37 +3,16 @@ without a certificate or with an unknown one get 401 on every user endpoint, use
 required role get 403, everyone else gets through. Governance writes take a member's COSE Sign1
 signature, not a TLS identity: whoever sends one without it gets 401. Usage: auth_matrix.py ENDPOINT SERVICE_CERT USER_PEM TMPDIR."""
 
-import datetime
-import hashlib
 import json
-import os
 import sys
 
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from identities import identity
 
 API = "api-version=2022-05-13"
 RANK = {"Reader": 1, "Contributor": 2, "Administrator": 3}
-
-
-def identity(tmp, name):
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
-    )
-    path = os.path.join(tmp, f"{name}.pem")
-    with open(path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return path, ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
 
 
 def main():
@@ -47,9 +26,9 @@ def main():
         r = call("patch", f"/app/users/{uid}?{API}", admin_pem, json.dumps({"assignedRole": role}), "application/merge-patch+json")
         assert r.status_code == 200, r.text
 
-    callers = {"no certificate": (None, 0, 401), "unknown certificate": (identity(tmp, "stranger")[0], 0, 401)}
+    callers = {"no certificate": (None, 0, 401), "unknown certificate": (identity(tmp, "stranger", ec.SECP256R1)[0], 0, 401)}
     for role in ["Reader", "Contributor"]:
-        pem, uid = identity(tmp, role.lower())
+        pem, uid = identity(tmp, role.lower(), ec.SECP256R1)
         set_role(uid, role)
         callers[role] = (pem, RANK[role], 403)
     callers["Administrator"] = (admin_pem, RANK["Administrator"], None)

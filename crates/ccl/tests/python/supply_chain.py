@@ -9,17 +9,10 @@ ENDPOINTS is a comma-separated list of node URLs: the parties talk to different 
 Every private entry's contents contain MARKER (the caller searches the data directories for it).
 Prints "supply chain OK" on success."""
 
-import datetime
-import hashlib
 import json
-import os
 import sys
 
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from azure.confidentialledger import (
     ConfidentialLedgerCertificateCredential,
@@ -28,26 +21,11 @@ from azure.confidentialledger import (
 from azure.confidentialledger.receipt import verify_receipt
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
+from identities import identity
+
 API = "api-version=2022-05-13"
 DEAL = "deal-7f3a"  # the private collection
 NEVER = "deal-0000"  # a collection never written, same length
-
-
-def identity(tmp, name):
-    key = ec.generate_private_key(ec.SECP384R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA384())
-    )
-    path = os.path.join(tmp, f"{name}.pem")
-    with open(path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return path, ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
 
 
 def main():
