@@ -44,6 +44,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Runs `f` with the ledger secret that applies to `seqno` (`None`: no secret covers it).
+    pub fn with_secret<R>(
+        &self,
+        seqno: u64,
+        f: impl FnOnce(&ccl_ledger::secrets::LedgerSecret) -> R,
+    ) -> Option<R> {
+        let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
+        secrets.for_seqno(seqno).map(f)
+    }
+
     pub fn new(
         reader: LedgerReader,
         tree: MerkleTree,
@@ -390,17 +400,10 @@ impl EngineHandle {
         let corrupt = |m: String| EngineError::Corrupt(format!("transaction {seqno}: {m}"));
         let (e, _) = Entry::parse(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let pd = e.public_domain().map_err(|e| corrupt(e.to_string()))?;
-        let commit_evidence = {
-            let secrets = self
-                .shared
-                .secrets
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
-            let secret = secrets
-                .for_seqno(seqno)
-                .ok_or_else(|| corrupt("no ledger secret for it".into()))?;
-            secret.commit_evidence(e.txid)
-        };
+        let commit_evidence = self
+            .shared
+            .with_secret(seqno, |s| s.commit_evidence(e.txid))
+            .ok_or_else(|| corrupt("no ledger secret for it".into()))?;
         if pd.commit_evidence_digest != Some(sha256(commit_evidence.as_bytes())) {
             return Err(corrupt(
                 "commit evidence does not match the ledger secret".into(),

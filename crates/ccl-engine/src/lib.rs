@@ -388,18 +388,11 @@ impl Engine {
             }
             maps.push(m);
         }
-        let plain = {
-            let secrets = self
-                .shared
-                .secrets
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
-            let secret = secrets
-                .for_seqno(seqno)
-                .ok_or_else(|| bad("no ledger secret for it".into()))?;
-            e.decrypt_private(secret.aead())
-                .map_err(|_| bad("fails its integrity check".into()))?
-        };
+        let plain = self
+            .shared
+            .with_secret(seqno, |s| e.decrypt_private(s.aead()))
+            .ok_or_else(|| bad("no ledger secret for it".into()))?
+            .map_err(|_| bad("fails its integrity check".into()))?;
         maps.extend(decode_maps(&plain).map_err(|e| bad(e.to_string()))?);
         if let Some(ps) = &signature {
             self.check_signature(ps, e.txid)?;
@@ -734,24 +727,17 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .leaf(seqno)?;
-        let bytes = {
-            let secrets = self
-                .shared
-                .secrets
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
-            let secret = secrets
-                .for_seqno(seqno)
-                .ok_or_else(|| EngineError::Invalid("no ledger secret".into()))?;
-            encode_snapshot(
-                txid,
-                &hash_at_snapshot,
-                &self.shared.view_history(),
-                &state.snapshot_maps(),
-                secret.aead(),
-            )
-        };
-        Ok(bytes)
+        self.shared
+            .with_secret(seqno, |s| {
+                encode_snapshot(
+                    txid,
+                    &hash_at_snapshot,
+                    &self.shared.view_history(),
+                    &state.snapshot_maps(),
+                    s.aead(),
+                )
+            })
+            .ok_or_else(|| EngineError::Invalid("no ledger secret".into()))
     }
 
     /// Writes out what was appended and returns a handle to fsync it outside any lock (group
