@@ -121,32 +121,14 @@ fn rekey_on_three_nodes_everything_stays_readable_and_verifiable() {
     assert!(share_after.is_string() && share_after != share_before);
     // A threshold that one recovery member cannot meet is refused: the service stays recoverable.
     let proposal = root.path().join("threshold.json");
-    std::fs::write(
+    let (ok, out) = propose_and_vote(
+        &c.nodes[0].endpoint(),
+        &c.service_cert_path(),
+        &c.nodes[0].dir,
         &proposal,
-        serde_json::json!({"actions": [{"name": "set_recovery_threshold", "args": {
-            "recovery_threshold": 2}}]})
-        .to_string(),
-    )
-    .unwrap();
-    let (ok, out) = gov(
-        &c.nodes[0].endpoint(),
-        &c.service_cert_path(),
-        &c.nodes[0].dir,
-        0,
-        &["propose", proposal.to_str().unwrap()],
-    );
-    assert!(ok, "{out}");
-    let id = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()
-        ["proposalId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (ok, out) = gov(
-        &c.nodes[0].endpoint(),
-        &c.service_cert_path(),
-        &c.nodes[0].dir,
-        0,
-        &["vote", "--accept", &id],
+        &serde_json::json!({"actions": [{"name": "set_recovery_threshold", "args": {
+            "recovery_threshold": 2}}]}),
+        &[0],
     );
     assert!(!ok && out.contains("InvalidRecoveryThreshold"), "{out}");
     for i in 0..6 {
@@ -220,6 +202,31 @@ fn gov(endpoint: &str, cert: &Path, dir: &Path, m: usize, args: &[&str]) -> (boo
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// Writes the proposal `actions` to `file`; member 0 of `dir` proposes it and `voters` vote to
+/// accept it in turn. Returns the last vote's answer.
+fn propose_and_vote(
+    endpoint: &str,
+    cert: &Path,
+    dir: &Path,
+    file: &Path,
+    actions: &serde_json::Value,
+    voters: &[usize],
+) -> (bool, String) {
+    std::fs::write(file, actions.to_string()).unwrap();
+    let (ok, out) = gov(endpoint, cert, dir, 0, &["propose", file.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let id = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()
+        ["proposalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut last = (false, String::new());
+    for m in voters {
+        last = gov(endpoint, cert, dir, *m, &["vote", "--accept", &id]);
+    }
+    last
 }
 
 /// A client of `endpoint` trusting `cert`, as `identity`.
@@ -414,34 +421,14 @@ fn disaster_recovery_from_one_nodes_ledger_with_two_of_three_shares() {
     let open = |previous: &str| {
         serde_json::json!({"actions": [{"name": "transition_service_to_open", "args": {
             "previous_service_identity": previous, "next_service_identity": new_cert}}]})
-        .to_string()
     };
-    std::fs::write(&proposal, open(&new_cert)).unwrap();
-    let (ok, out) = gov(
+    let (_, out) = propose_and_vote(
         &endpoint,
         &new_cert_path,
         &node0,
-        0,
-        &["propose", proposal.to_str().unwrap()],
-    );
-    assert!(ok, "{out}");
-    let id = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()["proposalId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    gov(
-        &endpoint,
-        &new_cert_path,
-        &node0,
-        0,
-        &["vote", "--accept", &id],
-    );
-    let (_, out) = gov(
-        &endpoint,
-        &new_cert_path,
-        &node0,
-        1,
-        &["vote", "--accept", &id],
+        &proposal,
+        &open(&new_cert),
+        &[0, 1],
     );
     assert!(
         out.contains("InvalidPreviousServiceIdentity")
@@ -450,67 +437,24 @@ fn disaster_recovery_from_one_nodes_ledger_with_two_of_three_shares() {
         "the wrong previous identity is refused: {out}"
     );
     assert_eq!(status(&rt), "Recovering");
-    std::fs::write(&proposal, open(&old_cert)).unwrap();
-    let (ok, out) = gov(
+    let (_, out) = propose_and_vote(
         &endpoint,
         &new_cert_path,
         &node0,
-        0,
-        &["propose", proposal.to_str().unwrap()],
-    );
-    assert!(ok, "{out}");
-    let id = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()["proposalId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    gov(
-        &endpoint,
-        &new_cert_path,
-        &node0,
-        0,
-        &["vote", "--accept", &id],
-    );
-    let (_, out) = gov(
-        &endpoint,
-        &new_cert_path,
-        &node0,
-        1,
-        &["vote", "--accept", &id],
+        &proposal,
+        &open(&old_cert),
+        &[0, 1],
     );
     assert!(out.contains("Accepted"), "{out}");
     assert_eq!(status(&rt), "WaitingForRecoveryShares");
     // No rekey while the old shares are still needed.
-    std::fs::write(
+    let (ok, out) = propose_and_vote(
+        &endpoint,
+        &new_cert_path,
+        &node0,
         &proposal,
-        serde_json::json!({"actions": [{"name": "trigger_ledger_rekey", "args": {}}]}).to_string(),
-    )
-    .unwrap();
-    let (ok, out) = gov(
-        &endpoint,
-        &new_cert_path,
-        &node0,
-        0,
-        &["propose", proposal.to_str().unwrap()],
-    );
-    assert!(ok, "{out}");
-    let id = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()
-        ["proposalId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    gov(
-        &endpoint,
-        &new_cert_path,
-        &node0,
-        0,
-        &["vote", "--accept", &id],
-    );
-    let (ok, out) = gov(
-        &endpoint,
-        &new_cert_path,
-        &node0,
-        1,
-        &["vote", "--accept", &id],
+        &serde_json::json!({"actions": [{"name": "trigger_ledger_rekey", "args": {}}]}),
+        &[0, 1],
     );
     assert!(!ok && out.contains("ServiceRecovering"), "{out}");
 
@@ -706,39 +650,14 @@ fn disaster_recovery_from_one_nodes_ledger_with_two_of_three_shares() {
     let (joiner, line) = spawn(cmd, &joiner_log, "node ");
     let node_id = line.split_whitespace().nth(1).unwrap().to_string();
     let trust = root.path().join("trust.json");
-    std::fs::write(
+    let (_, out) = propose_and_vote(
+        &endpoint,
+        &new_cert_path,
+        &node0,
         &trust,
-        serde_json::json!({"actions": [{"name": "transition_node_to_trusted", "args": {
-            "node_id": node_id, "valid_from": "20260101000000Z", "validity_period_days": 365}}]})
-        .to_string(),
-    )
-    .unwrap();
-    let (ok, out) = gov(
-        &endpoint,
-        &new_cert_path,
-        &node0,
-        0,
-        &["propose", trust.to_str().unwrap()],
-    );
-    assert!(ok, "{out}");
-    let id = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()
-        ["proposalId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    gov(
-        &endpoint,
-        &new_cert_path,
-        &node0,
-        0,
-        &["vote", "--accept", &id],
-    );
-    let (_, out) = gov(
-        &endpoint,
-        &new_cert_path,
-        &node0,
-        1,
-        &["vote", "--accept", &id],
+        &serde_json::json!({"actions": [{"name": "transition_node_to_trusted", "args": {
+            "node_id": node_id, "valid_from": "20260101000000Z", "validity_period_days": 365}}]}),
+        &[0, 1],
     );
     assert!(out.contains("Accepted"), "{out}");
     let joined = client(
