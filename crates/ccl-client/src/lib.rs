@@ -162,44 +162,30 @@ impl Connection {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<Response> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host);
-        let body = match body {
-            Some((ct, b)) => {
-                req = req.header("content-type", ct);
-                Full::new(Bytes::from(b))
-            }
-            None => Full::new(Bytes::new()),
+        let (headers, body) = match body {
+            Some((ct, b)) => (vec![("content-type".to_string(), ct.to_string())], b),
+            None => (Vec::new(), Vec::new()),
         };
-        let req = req
-            .body(body)
-            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
-        let (parts, body) = resp.into_parts();
-        let body = http_body_util::Limited::new(body, MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| ClientError::Unexpected(format!("response body: {e}")))?
-            .to_bytes();
-        if parts.status.is_client_error() || parts.status.is_server_error() {
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let resp = self
+            .send_raw(RawRequest {
+                method,
+                path: path.to_string(),
+                headers,
+                body,
+            })
+            .await?;
+        if resp.status.is_client_error() || resp.status.is_server_error() {
+            let v: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
             return Err(ClientError::Api {
-                status: parts.status,
+                status: resp.status,
                 code: v["error"]["code"].as_str().unwrap_or("").to_string(),
                 message: v["error"]["message"]
                     .as_str()
-                    .unwrap_or(&String::from_utf8_lossy(&body))
+                    .unwrap_or(&String::from_utf8_lossy(&resp.body))
                     .to_string(),
             });
         }
-        Ok(Response {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+        Ok(resp)
     }
 
     /// Sends a request as it is and returns the answer as it is, whatever its status (a node
