@@ -312,48 +312,45 @@ impl VerifyingKey {
     /// `verify_prehashed(&sha256(msg), sig)` when the caller knows the digest's preimage (a
     /// Merkle root is the hash of its two children), done by ring, which is faster.
     pub fn verify_der_sha256(&self, msg: &[u8], sig_der: &[u8]) -> Result<()> {
-        let (alg, point): (&dyn ring::signature::VerificationAlgorithm, _) = match self {
-            VerifyingKey::P256(k) => (
-                &ring::signature::ECDSA_P256_SHA256_ASN1,
-                k.to_encoded_point(false).as_bytes().to_vec(),
-            ),
-            VerifyingKey::P384(k) => (
-                &ring::signature::ECDSA_P384_SHA256_ASN1,
-                k.to_encoded_point(false).as_bytes().to_vec(),
-            ),
+        self.verify_der(msg, sig_der, HashAlg::Sha256)
+    }
+
+    /// Verifies a DER ECDSA signature over `msg` hashed with `hash` (ring: about twice as fast
+    /// as the pure-Rust curves, and ring has every curve/hash pair of `Curve` and `HashAlg`).
+    pub fn verify_der(&self, msg: &[u8], sig_der: &[u8], hash: HashAlg) -> Result<()> {
+        use ring::signature as rs;
+        let alg: &dyn rs::VerificationAlgorithm = match (self, hash) {
+            (VerifyingKey::P256(_), HashAlg::Sha256) => &rs::ECDSA_P256_SHA256_ASN1,
+            (VerifyingKey::P256(_), HashAlg::Sha384) => &rs::ECDSA_P256_SHA384_ASN1,
+            (VerifyingKey::P384(_), HashAlg::Sha256) => &rs::ECDSA_P384_SHA256_ASN1,
+            (VerifyingKey::P384(_), HashAlg::Sha384) => &rs::ECDSA_P384_SHA384_ASN1,
         };
-        alg.verify(point[..].into(), msg.into(), sig_der.into())
+        alg.verify(self.sec1_point()[..].into(), msg.into(), sig_der.into())
             .map_err(|_| CryptoError::InvalidSignature("ECDSA signature does not verify".into()))
     }
 
-    /// Verifies a DER ECDSA signature over `msg` hashed with `hash`.
-    pub fn verify_der(&self, msg: &[u8], sig_der: &[u8], hash: HashAlg) -> Result<()> {
-        self.verify_prehashed(&hash.digest(msg), sig_der)
+    /// The uncompressed SEC1 point, as ring reads public keys.
+    fn sec1_point(&self) -> Vec<u8> {
+        match self {
+            VerifyingKey::P256(k) => k.to_encoded_point(false).as_bytes().to_vec(),
+            VerifyingKey::P384(k) => k.to_encoded_point(false).as_bytes().to_vec(),
+        }
     }
 
     /// Verifies a fixed-size r||s signature (COSE) over `msg` hashed with the curve's hash.
     pub fn verify_raw(&self, msg: &[u8], sig: &[u8]) -> Result<()> {
         // ring: several times faster than the pure-Rust curves for whole-message verification.
-        let (alg, point): (&dyn ring::signature::VerificationAlgorithm, _) = match self {
-            VerifyingKey::P256(k) => (
-                &ring::signature::ECDSA_P256_SHA256_FIXED,
-                k.to_encoded_point(false).as_bytes().to_vec(),
-            ),
-            VerifyingKey::P384(k) => (
-                &ring::signature::ECDSA_P384_SHA384_FIXED,
-                k.to_encoded_point(false).as_bytes().to_vec(),
-            ),
+        let alg: &dyn ring::signature::VerificationAlgorithm = match self {
+            VerifyingKey::P256(_) => &ring::signature::ECDSA_P256_SHA256_FIXED,
+            VerifyingKey::P384(_) => &ring::signature::ECDSA_P384_SHA384_FIXED,
         };
-        alg.verify(point[..].into(), msg.into(), sig.into())
+        alg.verify(self.sec1_point()[..].into(), msg.into(), sig.into())
             .map_err(|_| CryptoError::InvalidSignature("ECDSA signature does not verify".into()))
     }
 
     /// The affine coordinates (x, y), big-endian, as COSE keys carry them.
     pub fn affine_coordinates(&self) -> (Vec<u8>, Vec<u8>) {
-        let point = match self {
-            VerifyingKey::P256(k) => k.to_encoded_point(false).as_bytes().to_vec(),
-            VerifyingKey::P384(k) => k.to_encoded_point(false).as_bytes().to_vec(),
-        };
+        let point = self.sec1_point();
         let n = (point.len() - 1) / 2;
         (point[1..1 + n].to_vec(), point[1 + n..].to_vec())
     }
@@ -422,6 +419,18 @@ mod tests {
             v.verify_prehashed(&crate::sha256(&msg), &sig).unwrap();
             v.verify_der_sha256(&msg, &sig).unwrap();
             assert!(v.verify_der_sha256(&[8u8; 64], &sig).is_err());
+            // Every curve/hash pair: ring's verification of the message agrees with a
+            // signature over its digest, and refuses another message or hash.
+            for hash in [HashAlg::Sha256, HashAlg::Sha384] {
+                let sig = k.sign_prehashed(&hash.digest(&msg)).unwrap();
+                v.verify_der(&msg, &sig, hash).unwrap();
+                assert!(v.verify_der(&[8u8; 64], &sig, hash).is_err());
+                let other = match hash {
+                    HashAlg::Sha256 => HashAlg::Sha384,
+                    HashAlg::Sha384 => HashAlg::Sha256,
+                };
+                assert!(v.verify_der(&msg, &sig, other).is_err());
+            }
         }
     }
 

@@ -299,6 +299,7 @@ pub(crate) fn open(
         last_snapshot_seqno,
         outbox_first: last + 1,
         outbox: Vec::new(),
+        endorsed_signer: None,
     })
 }
 

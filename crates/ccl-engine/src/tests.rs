@@ -491,6 +491,78 @@ fn a_backup_writes_the_same_snapshots_as_the_primary() {
 }
 
 #[test]
+fn a_backup_refuses_signatures_by_a_node_the_service_did_not_endorse() {
+    let (dir, bdir, odir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (mut e, id) = new_engine(dir.path(), cfg());
+    write(&mut e, 0, 25);
+    let last = e.finish().unwrap();
+    // An impostor primary: the same service certificate in its genesis, the same ledger secret,
+    // but a node certificate endorsed by another service's key.
+    let other = Identity::generate(&["localhost".into()]).unwrap();
+    let key = ccl_crypto::SigningKey::generate(ccl_crypto::Curve::P384).unwrap();
+    let impostor = Identity {
+        node_cert: Identity::endorse_node(
+            &key.verifying_key(),
+            &[],
+            &other.service_key,
+            &other.service_cert,
+        )
+        .unwrap(),
+        node_key: key,
+        service_key: id.service_key.clone(),
+        service_cert: id.service_cert.clone(),
+    };
+    let mut forged = Engine::create(
+        odir.path(),
+        cfg(),
+        impostor,
+        LedgerSecret::from_bytes(SECRET),
+        |_| Ok(()),
+    )
+    .unwrap();
+    write(&mut forged, 0, 5);
+    let forged_last = forged.finish().unwrap();
+    let first_sig = (1..=forged_last)
+        .find(|s| {
+            let raw = forged.handle().raw_entry(*s).unwrap();
+            !ccl_ledger::entry::Entry::parse(&raw)
+                .unwrap()
+                .0
+                .public_domain()
+                .unwrap()
+                .map_iter()
+                .all(|m| m.unwrap().name != tables::SIGNATURES)
+        })
+        .expect("the impostor signed");
+
+    let mut b = Engine::open(bdir.path(), cfg(), backup_identity(&id), secrets()).unwrap();
+    for s in 1..first_sig {
+        b.append_replicated(&forged.handle().raw_entry(s).unwrap())
+            .unwrap();
+    }
+    let err = b
+        .append_replicated(&forged.handle().raw_entry(first_sig).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not endorsed by the service"), "{err}");
+    assert_eq!(b.last_seqno(), first_sig - 1, "nothing of it was applied");
+
+    // The genuine primary's ledger replicates to a fresh backup: every signature checks out,
+    // the second and later ones through the cached endorsement.
+    let b2dir = tempfile::tempdir().unwrap();
+    let mut b2 = Engine::open(b2dir.path(), cfg(), backup_identity(&id), secrets()).unwrap();
+    for s in 1..=last {
+        b2.append_replicated(&e.handle().raw_entry(s).unwrap())
+            .unwrap();
+    }
+    assert_eq!(b2.root(), e.root());
+}
+
+#[test]
 fn a_rekey_through_the_ledger_reaches_backups_and_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let bdir = tempfile::tempdir().unwrap();

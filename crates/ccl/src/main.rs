@@ -147,6 +147,12 @@ enum ReceiptCommand {
     },
 }
 
+/// mimalloc instead of glibc's malloc: a node allocates and frees many small buffers per request
+/// across threads (TLS records, HTTP headers, write sets), where glibc's arenas spent about 12%
+/// of the CPU under load (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
