@@ -267,10 +267,17 @@ impl Connection {
 
     /// The last committed transaction id (`/node/commit`).
     pub async fn committed(&mut self) -> Result<String> {
-        let v = self
-            .request(Method::GET, "/node/commit", None)
-            .await?
-            .json()?;
+        self.commit_at("/node/commit").await
+    }
+
+    /// The last committed transaction id once the commit passes `seqno` (the node answers as
+    /// soon as it does, or after about a second with the commit as it is).
+    pub async fn committed_after(&mut self, seqno: u64) -> Result<String> {
+        self.commit_at(&format!("/node/commit?after={seqno}")).await
+    }
+
+    async fn commit_at(&mut self, path: &str) -> Result<String> {
+        let v = self.request(Method::GET, path, None).await?.json()?;
         v["transaction_id"]
             .as_str()
             .map(str::to_string)

@@ -7,7 +7,7 @@
 //! for a node that joined from a snapshot.
 
 use crate::{Batch, Entry, LogId, Membership, StoredMembership, TypeConfig};
-use ccl_engine::{Engine, EngineHandle};
+use ccl_engine::{Engine, EngineEvent, EngineHandle};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
@@ -244,6 +244,14 @@ pub struct Replica {
     applied: Mutex<(Option<LogId>, StoredMembership)>,
     /// The term in which this node last took up the primary role (0: never).
     pub primary_term: AtomicU64,
+    /// Wakes the proposer: the engine has entries to propose or committed some, or the log
+    /// grew.
+    pub(crate) wake: tokio::sync::Notify,
+    /// The last seqno the proposer handed to Raft in this node's current primary term (0:
+    /// none yet).
+    pub(crate) proposed: AtomicU64,
+    /// The engine's committed seqno.
+    commit: tokio::sync::watch::Sender<u64>,
 }
 
 impl Replica {
@@ -305,7 +313,8 @@ impl Replica {
             },
             |a| side.membership_at(a.index),
         );
-        Ok(Arc::new(Replica {
+        let (commit, _) = tokio::sync::watch::channel(handle.committed_seqno());
+        let replica = Arc::new(Replica {
             engine,
             handle,
             dir,
@@ -313,7 +322,26 @@ impl Replica {
             cache: Mutex::new(BTreeMap::new()),
             applied: Mutex::new((applied, membership)),
             primary_term: AtomicU64::new(0),
-        }))
+            wake: tokio::sync::Notify::new(),
+            proposed: AtomicU64::new(0),
+            commit,
+        });
+        // Weak: the engine (inside the replica) must not keep the replica alive.
+        let weak = Arc::downgrade(&replica);
+        replica.engine().set_listener(Arc::new(move |event| {
+            let Some(r) = weak.upgrade() else { return };
+            if let EngineEvent::Committed(seqno) = event {
+                r.commit.send_replace(seqno);
+            }
+            // New entries to propose, or a commit that may make a signature due.
+            r.wake.notify_one();
+        }));
+        Ok(replica)
+    }
+
+    /// The committed seqno, as it changes (for waiting on a commit without polling).
+    pub fn watch_commit(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commit.subscribe()
     }
 
     /// Starts the log of a node that joined from a snapshot at `base` (written before Raft
@@ -501,6 +529,8 @@ impl Replica {
         };
         sync.sync().map_err(log_error)?;
         self.side().append(records).map_err(log_error)?;
+        // The proposer may be holding entries until this write was done.
+        self.wake.notify_one();
         Ok(())
     }
 }

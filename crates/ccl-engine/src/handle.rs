@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub current_view: AtomicU64,
     pub first_seqno: u64,
     pub dir: PathBuf,
+    /// Told of appends and commits (see [`crate::EngineEvent`]).
+    pub listener: RwLock<Option<crate::Listener>>,
 }
 
 impl Shared {
@@ -76,6 +78,14 @@ impl Shared {
             current_view: AtomicU64::new(0),
             first_seqno,
             dir,
+            listener: RwLock::new(None),
+        }
+    }
+
+    /// Tells the listener, if any, of `event`.
+    pub fn tell(&self, event: crate::EngineEvent) {
+        if let Some(l) = &*self.listener.read().unwrap_or_else(|p| p.into_inner()) {
+            l(event);
         }
     }
 

@@ -150,6 +150,19 @@ struct EndorsedSigner {
     key: ccl_crypto::keys::VerifyingKey,
 }
 
+/// What the engine tells its listener (consensus), from the thread that holds the engine: the
+/// listener must return at once (wake a task, publish a value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// The outbox was empty and now holds an entry this node executed.
+    Appended,
+    /// Every transaction up to this seqno is committed.
+    Committed(u64),
+}
+
+/// A callback for [`EngineEvent`]s.
+pub type Listener = Arc<dyn Fn(EngineEvent) + Send + Sync>;
+
 /// Entry header flag (CCF's `FORCE_LEDGER_CHUNK_AFTER`): the ledger chunk ends after this
 /// entry, on every replica.
 pub const FLAG_FORCE_CHUNK_AFTER: u8 = 0x01;
@@ -556,10 +569,14 @@ impl Engine {
         let leaf = ccl_crypto::sha256_parts(&[&ws, &meta.commit_evidence_digest, &claims_digest]);
         let r = self.record_entry(seqno, &buf, leaf, signature);
         if r.is_ok() {
-            if self.outbox.is_empty() {
+            let was_empty = self.outbox.is_empty();
+            if was_empty {
                 self.outbox_first = seqno;
             }
             self.outbox.push(buf.clone());
+            if was_empty {
+                self.shared.tell(EngineEvent::Appended);
+            }
         }
         self.buf = buf;
         r.map(|()| txid)
@@ -802,7 +819,17 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .flush()?;
         self.write_committed_snapshots()?;
+        self.shared.tell(EngineEvent::Committed(sig));
         Ok(sig)
+    }
+
+    /// Sets the callback told of appends and commits (replacing any earlier one).
+    pub fn set_listener(&self, listener: Listener) {
+        *self
+            .shared
+            .listener
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(listener);
     }
 
     fn write_committed_snapshots(&mut self) -> Result<(), EngineError> {

@@ -657,7 +657,27 @@ async fn members(
     Ok(json_response(json!({"members": members})))
 }
 
-async fn node_commit(State(shared): State<Arc<Shared>>) -> ApiResult {
+/// `/node/commit?after=SEQNO`: the answer waits until the commit passes SEQNO, up to this long
+/// (then it gives the commit as it is; the caller compares and asks again).
+pub const MAX_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last committed transaction id. With `?after=SEQNO`, answers once the commit passes SEQNO
+/// (or after [`MAX_COMMIT_WAIT`]): a client learns of commits as they happen, without polling.
+async fn node_commit(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    if let Some(after) = q.get("after") {
+        let after: u64 = after.parse().map_err(|_| {
+            ApiError::bad(
+                "InvalidQueryParameterValue",
+                "after must be a seqno (a non-negative integer)",
+            )
+        })?;
+        let mut commit = shared.replica.watch_commit();
+        // Timing out is an answer too: the commit as it is.
+        let _ = tokio::time::timeout(MAX_COMMIT_WAIT, commit.wait_for(|c| *c > after)).await;
+    }
     Ok(json_response(
         json!({"transaction_id": shared.handle.committed_txid().to_string()}),
     ))

@@ -60,7 +60,7 @@ enum What {
     /// Committed writes on a local network (`ccl start --nodes N`, one process per node),
     /// side by side with an etcd cluster (--etcd): N clients writing entries back to back;
     /// latency from sending a write to seeing its commit (ccl: the primary's /node/commit,
-    /// polled every ms; etcd: the put's answer, which follows its commit). scripts/bench-etcd
+    /// followed with ?after=, which answers as the commit moves; etcd: the put's answer, which follows its commit). scripts/bench-etcd
     /// starts a 3-member etcd and runs this.
     Network {
         /// Nodes of the ccl network.

@@ -49,16 +49,29 @@ impl Conn {
     }
 }
 
+/// Waits until the node's commit passes the transaction (told by the node as it happens), then
+/// checks that the transaction is the one committed there (not rolled back by an election).
 async fn wait_committed(c: &mut Connection, txid: &str) -> Result<()> {
     let started = Instant::now();
+    let seqno = txid
+        .parse::<ccl_ledger::txid::TxId>()
+        .with_context(|| format!("the node answered with a bad transaction id {txid:?}"))?
+        .seqno;
     loop {
-        if c.status(txid).await? == "Committed" {
-            return Ok(());
+        let committed = c.committed_after(seqno.saturating_sub(1)).await?;
+        let passed = committed
+            .parse::<ccl_ledger::txid::TxId>()
+            .is_ok_and(|t| t.seqno >= seqno);
+        if passed {
+            break;
         }
         if started.elapsed() > WAIT_LIMIT {
             bail!("transaction {txid} is not committed after {WAIT_LIMIT:?}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match c.status(txid).await?.as_str() {
+        "Committed" => Ok(()),
+        other => bail!("transaction {txid} was not committed: its status is {other}"),
     }
 }
 

@@ -57,6 +57,8 @@ def main():
         ("unknown transaction id", lambda: call("GET", f"/app/transactions/9.999999/receipt?{API}"), 404, "TransactionNotFound"),
         ("oversize body", lambda: call("POST", f"/app/transactions?{API}", headers={"content-type": "application/json"}, data="x" * (1 << 20)), 413, None),
         ("unknown endpoint", lambda: call("GET", f"/app/nothing?{API}"), 404, "ResourceNotFound"),
+        ("garbage commit wait", lambda: call("GET", "/node/commit?after=banana"), 400, "InvalidQueryParameterValue"),
+        ("negative commit wait", lambda: call("GET", "/node/commit?after=-1"), 400, "InvalidQueryParameterValue"),
     ]
     for name, f, status, code in cases:
         r = f()
@@ -76,6 +78,18 @@ def main():
         r = conn.getresponse()
         assert r.status == 200 and conn.sock.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version], (version, r.status)
         conn.close()
+    # Waiting for a commit past the current one, when nothing commits: the node answers after
+    # its maximum wait (1 s) with the commit as it is.
+    import time
+    seqno = int(commit_before.split(".")[1])
+    started = time.monotonic()
+    r = call("GET", f"/node/commit?after={seqno}")
+    waited = time.monotonic() - started
+    assert r.status_code == 200 and r.json()["transaction_id"] == commit_before, r.text
+    assert waited >= 0.9, f"answered after {waited:.3f} s without a commit"
+    # A commit already past: at once.
+    r = call("GET", f"/node/commit?after={seqno - 1}")
+    assert r.status_code == 200 and r.json()["transaction_id"] == commit_before, r.text
     commit_after = call("GET", "/node/commit").json()["transaction_id"]
     assert commit_before == commit_after, (commit_before, commit_after)
     print(f"bad input OK ({len(cases)} cases)")
