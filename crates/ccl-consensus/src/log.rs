@@ -467,7 +467,7 @@ impl Replica {
     }
 
     /// Writes `entries` (in order, from the next index) to the engine and the side log, durably.
-    async fn append_entries(&self, entries: Vec<Entry>) -> SResult<()> {
+    async fn append_entries(self: &Arc<Self>, entries: Vec<Entry>) -> SResult<()> {
         let mut records = Vec::with_capacity(entries.len());
         let sync = {
             let mut e = self.engine();
@@ -527,8 +527,25 @@ impl Replica {
             }
             e.sync_handle().map_err(log_error)?
         };
-        sync.sync().map_err(log_error)?;
-        self.side().append(records).map_err(log_error)?;
+        // The two fsyncs (ledger, then the side log naming what it holds) block: on a
+        // multi-threaded runtime they run on a blocking thread, so that the async workers go on
+        // serving requests meanwhile (Raft itself waits, as it must). On a current-thread
+        // runtime (the deterministic simulation) they run here.
+        let durable = move |r: &Replica| -> std::io::Result<()> {
+            sync.sync()?;
+            r.side().append(records)
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || durable(&me))
+                .await
+                .map_err(log_error)?
+                .map_err(log_error)?;
+        } else {
+            durable(self).map_err(log_error)?;
+        }
         // The proposer may be holding entries until this write was done.
         self.wake.notify_one();
         Ok(())
