@@ -451,6 +451,11 @@ pub async fn serve(
                     Ok(a) => a,
                     Err(e) => { tracing::warn!(error = %e, "accept"); continue; }
                 };
+                // Answers go out as written (requests and answers are whole messages; Nagle's
+                // algorithm would hold a short answer back for the peer's ACK).
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(%peer, error = %e, "TCP_NODELAY");
+                }
                 let tls = tls.clone();
                 let app = app.clone();
                 tokio::spawn(async move {
