@@ -252,6 +252,8 @@ pub struct Replica {
     pub(crate) proposed: AtomicU64,
     /// The engine's committed seqno.
     commit: tokio::sync::watch::Sender<u64>,
+    /// The last seqno in this node's Raft log (durable), as it grows.
+    logged: tokio::sync::watch::Sender<u64>,
 }
 
 impl Replica {
@@ -314,6 +316,7 @@ impl Replica {
             |a| side.membership_at(a.index),
         );
         let (commit, _) = tokio::sync::watch::channel(handle.committed_seqno());
+        let (logged, _) = tokio::sync::watch::channel(side.last_seqno());
         let replica = Arc::new(Replica {
             engine,
             handle,
@@ -325,6 +328,7 @@ impl Replica {
             wake: tokio::sync::Notify::new(),
             proposed: AtomicU64::new(0),
             commit,
+            logged,
         });
         // Weak: the engine (inside the replica) must not keep the replica alive.
         let weak = Arc::downgrade(&replica);
@@ -342,6 +346,11 @@ impl Replica {
     /// The committed seqno, as it changes (for waiting on a commit without polling).
     pub fn watch_commit(&self) -> tokio::sync::watch::Receiver<u64> {
         self.commit.subscribe()
+    }
+
+    /// The last seqno of the Raft log, as it grows (for waiting on a write to reach this node).
+    pub fn watch_logged(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.logged.subscribe()
     }
 
     /// Starts the log of a node that joined from a snapshot at `base` (written before Raft
@@ -546,6 +555,7 @@ impl Replica {
         } else {
             durable(self).map_err(log_error)?;
         }
+        self.logged.send_replace(self.logged_seqno());
         // The proposer may be holding entries until this write was done.
         self.wake.notify_one();
         Ok(())
