@@ -119,6 +119,59 @@ struct PendingSnapshot {
     bytes: Vec<u8>,
 }
 
+/// What encoding a snapshot needs, taken from the engine at once (the state is a persistent
+/// map: copying it is cheap), so that the encoding itself can run on another thread.
+struct SnapshotJob {
+    txid: TxId,
+    leaf: Digest32,
+    view_history: Vec<u64>,
+    state: ccl_store::State,
+    secret: LedgerSecret,
+}
+
+impl SnapshotJob {
+    fn encode(&self) -> Vec<u8> {
+        encode_snapshot(
+            self.txid,
+            &self.leaf,
+            &self.view_history,
+            &self.state.snapshot_maps(),
+            self.secret.aead(),
+        )
+    }
+}
+
+/// A backup's snapshot encoded in the background: the bytes if they hash to the primary's
+/// evidence.
+struct SnapshotDone {
+    generation: u64,
+    seqno: u64,
+    evidence_seqno: u64,
+    bytes: Option<Vec<u8>>,
+}
+
+/// Snapshots a backup is encoding in the background (see `append_replicated`).
+struct SnapshotsInFlight {
+    tx: std::sync::mpsc::Sender<SnapshotDone>,
+    rx: std::sync::mpsc::Receiver<SnapshotDone>,
+    /// Evidence seqnos of the jobs not received yet.
+    evidence_seqnos: Vec<u64>,
+    /// Bumped when a rollback drops an evidence a job is for: its result is then ignored.
+    generation: u64,
+}
+
+impl Default for SnapshotsInFlight {
+    fn default() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        SnapshotsInFlight {
+            tx,
+            rx,
+            evidence_seqnos: Vec::new(),
+            generation: 0,
+        }
+    }
+}
+
 /// The writer side of a replica: see the crate documentation.
 pub struct Engine {
     cfg: EngineConfig,
@@ -133,6 +186,7 @@ pub struct Engine {
     txs_since_sig: u64,
     buf: Vec<u8>,
     pending_snapshots: Vec<PendingSnapshot>,
+    snapshots_in_flight: SnapshotsInFlight,
     last_snapshot_seqno: u64,
     /// Entries this node executed (as primary) that consensus has not taken yet: the first
     /// one's seqno, and their bytes, in order.
@@ -426,18 +480,12 @@ impl Engine {
         // The primary's snapshot evidence for the state this replica has now (the signature just
         // before it): this replica makes the same snapshot (its encoding is deterministic) and
         // keeps it if it hashes to the evidence, so every node has snapshots to restart from.
+        // The state is taken now; the encoding runs on another thread, so that this entry (and
+        // the acknowledgement the primary waits for) is not held up by it.
         let snapshot = match evidence {
             Some(ev) if ev.version == seqno - 1 && ev.version == self.last_sig_seqno => {
-                let bytes = self.encode_snapshot(ev.version)?;
-                if hex::encode(sha256(&bytes)) == ev.hash {
-                    Some((ev.version, bytes))
-                } else {
-                    tracing::warn!(
-                        seqno = ev.version,
-                        "this replica's snapshot differs from the primary's evidence: not kept"
-                    );
-                    None
-                }
+                let job = self.snapshot_job(ev.version)?;
+                Some((ev, job))
             }
             _ => None,
         };
@@ -445,13 +493,8 @@ impl Engine {
         let leaf = pd.leaf(&e.write_set_digest());
         let end_chunk = e.flags & FLAG_FORCE_CHUNK_AFTER != 0;
         self.record_entry(seqno, bytes, leaf, signature.is_some().then_some(end_chunk))?;
-        if let Some((at, bytes)) = snapshot {
-            self.pending_snapshots.push(PendingSnapshot {
-                seqno: at,
-                evidence_seqno: seqno,
-                bytes,
-            });
-            self.last_snapshot_seqno = at;
+        if let Some((ev, job)) = snapshot {
+            self.encode_in_background(ev, job, seqno)?;
         }
         learn_secrets(&self.shared, &self.identity, seqno, &maps)?;
         Ok(e.txid)
@@ -770,26 +813,101 @@ impl Engine {
     /// The snapshot of the current state, which is the state at `seqno` (the last transaction).
     /// Deterministic: every replica encodes the same bytes for the same seqno.
     fn encode_snapshot(&self, seqno: u64) -> Result<Vec<u8>, EngineError> {
+        Ok(self.snapshot_job(seqno)?.encode())
+    }
+
+    /// What encoding the snapshot of the current state (at `seqno`, the last transaction) needs.
+    fn snapshot_job(&self, seqno: u64) -> Result<SnapshotJob, EngineError> {
         debug_assert_eq!(seqno, self.last_seqno());
-        let state = self.store.state();
-        let txid = TxId::new(self.shared.view_of(seqno).unwrap_or(self.view), seqno);
-        let hash_at_snapshot = self
+        let leaf = self
             .shared
             .tree
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .leaf(seqno)?;
-        self.shared
-            .with_secret(seqno, |s| {
-                encode_snapshot(
-                    txid,
-                    &hash_at_snapshot,
-                    &self.shared.view_history(),
-                    &state.snapshot_maps(),
-                    s.aead(),
-                )
+        let secret = self
+            .shared
+            .with_secret(seqno, |s| LedgerSecret::from_bytes(*s.raw()))
+            .ok_or_else(|| EngineError::Invalid("no ledger secret".into()))?;
+        Ok(SnapshotJob {
+            txid: TxId::new(self.shared.view_of(seqno).unwrap_or(self.view), seqno),
+            leaf,
+            view_history: self.shared.view_history(),
+            state: self.store.state(),
+            secret,
+        })
+    }
+
+    /// Encodes a backup's snapshot on a thread of its own; it is kept (written once its
+    /// evidence is committed) if it hashes to the primary's evidence.
+    fn encode_in_background(
+        &mut self,
+        ev: SnapshotEvidence,
+        job: SnapshotJob,
+        evidence_seqno: u64,
+    ) -> Result<(), EngineError> {
+        let flight = &mut self.snapshots_in_flight;
+        let (tx, generation) = (flight.tx.clone(), flight.generation);
+        std::thread::Builder::new()
+            .name("ccl-snapshot".into())
+            .spawn(move || {
+                let bytes = job.encode();
+                let matches = hex::encode(sha256(&bytes)) == ev.hash;
+                if !matches {
+                    tracing::warn!(
+                        seqno = ev.version,
+                        "this replica's snapshot differs from the primary's evidence: not kept"
+                    );
+                }
+                // The engine may be gone (closed meanwhile): then the snapshot is not needed.
+                let _ = tx.send(SnapshotDone {
+                    generation,
+                    seqno: ev.version,
+                    evidence_seqno,
+                    bytes: matches.then_some(bytes),
+                });
             })
-            .ok_or_else(|| EngineError::Invalid("no ledger secret".into()))
+            .map_err(|e| EngineError::Invalid(format!("cannot start a snapshot thread: {e}")))?;
+        flight.evidence_seqnos.push(evidence_seqno);
+        self.last_snapshot_seqno = ev.version;
+        Ok(())
+    }
+
+    /// Takes the snapshots encoded in the background so far (all of them, waiting, with
+    /// `wait`) into the pending ones.
+    fn collect_snapshots(&mut self, wait: bool) {
+        let flight = &mut self.snapshots_in_flight;
+        while !flight.evidence_seqnos.is_empty() {
+            let done = if wait {
+                match flight.rx.recv() {
+                    Ok(d) => d,
+                    Err(_) => break,
+                }
+            } else {
+                match flight.rx.try_recv() {
+                    Ok(d) => d,
+                    Err(_) => break,
+                }
+            };
+            if done.generation != flight.generation {
+                continue;
+            }
+            flight.evidence_seqnos.retain(|s| *s != done.evidence_seqno);
+            if let Some(bytes) = done.bytes {
+                self.pending_snapshots.push(PendingSnapshot {
+                    seqno: done.seqno,
+                    evidence_seqno: done.evidence_seqno,
+                    bytes,
+                });
+            }
+        }
+    }
+
+    /// Waits for the snapshots being encoded in the background and writes those whose evidence
+    /// is committed (before closing, say).
+    pub fn finish_snapshots(&mut self) -> Result<(), EngineError> {
+        self.collect_snapshots(true);
+        self.write_committed_snapshots()
     }
 
     /// Writes out what was appended and returns a handle to fsync it outside any lock (group
@@ -833,6 +951,7 @@ impl Engine {
     }
 
     fn write_committed_snapshots(&mut self) -> Result<(), EngineError> {
+        self.collect_snapshots(false);
         let committed = self.committed_seqno();
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_snapshots)
             .into_iter()
@@ -887,6 +1006,12 @@ impl Engine {
             .truncate_after(seqno + 1);
         self.last_sig_seqno = self.shared.last_signature_at_or_before(seqno);
         self.pending_snapshots.retain(|p| p.evidence_seqno <= seqno);
+        let flight = &mut self.snapshots_in_flight;
+        if flight.evidence_seqnos.iter().any(|s| *s > seqno) {
+            // Snapshots being encoded for evidence that is gone: their results are ignored.
+            flight.generation += 1;
+            flight.evidence_seqnos.clear();
+        }
         self.txs_since_sig = seqno - self.last_sig_seqno;
         let keep = (seqno + 1).saturating_sub(self.outbox_first) as usize;
         self.outbox.truncate(keep);
@@ -923,6 +1048,7 @@ impl Engine {
         if self.ledger.has_open_chunk() {
             self.emit_signature_ending_chunk()?;
         }
+        self.finish_snapshots()?;
         let last = self.sync()?;
         self.shared
             .tree

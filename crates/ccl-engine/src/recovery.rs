@@ -296,6 +296,7 @@ pub(crate) fn open(
         txs_since_sig: last - last_sig.max(first.saturating_sub(1)),
         buf: Vec::new(),
         pending_snapshots: Vec::new(),
+        snapshots_in_flight: crate::SnapshotsInFlight::default(),
         last_snapshot_seqno,
         outbox_first: last + 1,
         outbox: Vec::new(),

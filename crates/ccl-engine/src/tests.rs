@@ -458,6 +458,8 @@ fn a_backup_writes_the_same_snapshots_as_the_primary() {
             .unwrap();
     }
     b.commit_up_to(last).unwrap();
+    // A backup encodes its snapshots in the background; they are written once done.
+    b.finish_snapshots().unwrap();
     let snaps = |d: &Path| -> Vec<(String, Vec<u8>)> {
         walk(&d.join(SNAPSHOTS_DIR))
             .into_iter()
@@ -488,6 +490,59 @@ fn a_backup_writes_the_same_snapshots_as_the_primary() {
     drop(b);
     let b = Engine::open(bdir.path(), cfg, backup_identity(&id), secrets()).unwrap();
     assert_eq!(b.last_seqno(), last);
+}
+
+#[test]
+fn a_backup_drops_a_snapshot_whose_evidence_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let bdir = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig {
+        snapshot_interval_txs: 20,
+        ..cfg()
+    };
+    let (mut e, id) = new_engine(dir.path(), cfg.clone());
+    let mut b = Engine::open(bdir.path(), cfg.clone(), backup_identity(&id), secrets()).unwrap();
+    write(&mut e, 0, 25);
+    let last = e.finish().unwrap();
+    // The first snapshot evidence: the backup starts encoding when it applies it.
+    let evidence = (1..=last)
+        .find(|s| {
+            let raw = e.handle().raw_entry(*s).unwrap();
+            ccl_ledger::entry::Entry::parse(&raw)
+                .unwrap()
+                .0
+                .public_domain()
+                .unwrap()
+                .map_iter()
+                .any(|m| m.unwrap().name == tables::SNAPSHOT_EVIDENCE)
+        })
+        .expect("the primary took a snapshot");
+    for s in 1..=evidence {
+        b.append_replicated(&e.handle().raw_entry(s).unwrap())
+            .unwrap();
+    }
+    // A new primary's log wins: the evidence is rolled back before its snapshot is written.
+    b.rollback(evidence - 1).unwrap();
+    b.finish_snapshots().unwrap();
+    b.commit_up_to(evidence - 1).unwrap();
+    b.finish_snapshots().unwrap();
+    let snapshots = |d: &Path| {
+        let d = d.join(SNAPSHOTS_DIR);
+        if d.exists() { walk(&d).len() } else { 0 }
+    };
+    assert_eq!(
+        snapshots(bdir.path()),
+        0,
+        "no snapshot for evidence that was rolled back"
+    );
+    // Replayed again (the same entries), the evidence gives the snapshot after all.
+    for s in evidence..=last {
+        b.append_replicated(&e.handle().raw_entry(s).unwrap())
+            .unwrap();
+    }
+    b.commit_up_to(last).unwrap();
+    b.finish_snapshots().unwrap();
+    assert_eq!(snapshots(bdir.path()), 1);
 }
 
 #[test]

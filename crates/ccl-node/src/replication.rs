@@ -180,6 +180,9 @@ pub async fn stop(shared: &Arc<Shared>, tasks: Tasks) {
     if let Err(err) = e.sync() {
         tracing::warn!(error = %err, "final sync");
     }
+    if let Err(err) = e.finish_snapshots() {
+        tracing::warn!(error = %err, "snapshots at shutdown");
+    }
 }
 
 /// Nodes of the nodes map: Raft id -> (node id, info).
