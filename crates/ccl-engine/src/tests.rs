@@ -440,16 +440,59 @@ fn backup_identity(id: &Identity) -> Identity {
     }
 }
 
-#[test]
-fn a_backup_writes_the_same_snapshots_as_the_primary() {
+/// A primary and an empty backup of it, snapshotting every 20 transactions.
+struct PrimaryAndBackup {
+    dir: tempfile::TempDir,
+    bdir: tempfile::TempDir,
+    cfg: EngineConfig,
+    e: Engine,
+    b: Engine,
+    id: Identity,
+}
+
+fn primary_and_backup() -> PrimaryAndBackup {
     let dir = tempfile::tempdir().unwrap();
     let bdir = tempfile::tempdir().unwrap();
     let cfg = EngineConfig {
         snapshot_interval_txs: 20,
         ..cfg()
     };
-    let (mut e, id) = new_engine(dir.path(), cfg.clone());
-    let mut b = Engine::open(bdir.path(), cfg.clone(), backup_identity(&id), secrets()).unwrap();
+    let (e, id) = new_engine(dir.path(), cfg.clone());
+    let b = Engine::open(bdir.path(), cfg.clone(), backup_identity(&id), secrets()).unwrap();
+    PrimaryAndBackup {
+        dir,
+        bdir,
+        cfg,
+        e,
+        b,
+        id,
+    }
+}
+
+/// The first seqno up to `last` whose entry writes `map` (public maps only).
+fn first_seqno_writing(e: &Engine, last: u64, map: &str) -> Option<u64> {
+    (1..=last).find(|s| {
+        let raw = e.handle().raw_entry(*s).unwrap();
+        ccl_ledger::entry::Entry::parse(&raw)
+            .unwrap()
+            .0
+            .public_domain()
+            .unwrap()
+            .map_iter()
+            .any(|m| m.unwrap().name == map)
+    })
+}
+
+#[test]
+fn a_backup_writes_the_same_snapshots_as_the_primary() {
+    let PrimaryAndBackup {
+        dir,
+        bdir,
+        cfg,
+        mut e,
+        mut b,
+        id,
+    } = primary_and_backup();
     write(&mut e, 0, 65);
     let last = e.finish().unwrap();
     e.commit_up_to(last).unwrap();
@@ -494,28 +537,18 @@ fn a_backup_writes_the_same_snapshots_as_the_primary() {
 
 #[test]
 fn a_backup_drops_a_snapshot_whose_evidence_is_rolled_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let bdir = tempfile::tempdir().unwrap();
-    let cfg = EngineConfig {
-        snapshot_interval_txs: 20,
-        ..cfg()
-    };
-    let (mut e, id) = new_engine(dir.path(), cfg.clone());
-    let mut b = Engine::open(bdir.path(), cfg.clone(), backup_identity(&id), secrets()).unwrap();
+    // (The primary's directory must live as long as it does.)
+    let PrimaryAndBackup {
+        dir: _dir,
+        bdir,
+        mut e,
+        mut b,
+        ..
+    } = primary_and_backup();
     write(&mut e, 0, 25);
     let last = e.finish().unwrap();
     // The first snapshot evidence: the backup starts encoding when it applies it.
-    let evidence = (1..=last)
-        .find(|s| {
-            let raw = e.handle().raw_entry(*s).unwrap();
-            ccl_ledger::entry::Entry::parse(&raw)
-                .unwrap()
-                .0
-                .public_domain()
-                .unwrap()
-                .map_iter()
-                .any(|m| m.unwrap().name == tables::SNAPSHOT_EVIDENCE)
-        })
+    let evidence = first_seqno_writing(&e, last, tables::SNAPSHOT_EVIDENCE)
         .expect("the primary took a snapshot");
     for s in 1..=evidence {
         b.append_replicated(&e.handle().raw_entry(s).unwrap())
@@ -581,18 +614,8 @@ fn a_backup_refuses_signatures_by_a_node_the_service_did_not_endorse() {
     .unwrap();
     write(&mut forged, 0, 5);
     let forged_last = forged.finish().unwrap();
-    let first_sig = (1..=forged_last)
-        .find(|s| {
-            let raw = forged.handle().raw_entry(*s).unwrap();
-            !ccl_ledger::entry::Entry::parse(&raw)
-                .unwrap()
-                .0
-                .public_domain()
-                .unwrap()
-                .map_iter()
-                .all(|m| m.unwrap().name != tables::SIGNATURES)
-        })
-        .expect("the impostor signed");
+    let first_sig =
+        first_seqno_writing(&forged, forged_last, tables::SIGNATURES).expect("the impostor signed");
 
     let mut b = Engine::open(bdir.path(), cfg(), backup_identity(&id), secrets()).unwrap();
     for s in 1..first_sig {
