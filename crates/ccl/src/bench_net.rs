@@ -7,9 +7,9 @@
 //! commit does). ccl: each client is one TLS connection; a write is answered with its
 //! transaction id once executed, and a single watcher follows the primary's commit
 //! (`/node/commit?after=SEQNO`, answered as soon as the commit passes SEQNO) and completes every
-//! write whose seqno the commit has passed: latency is from sending a write to seeing its commit. etcd: each client is one plain HTTP/1.1 connection; a
-//! put answers once the entry is committed by a majority and applied, so latency is the
-//! response time.
+//! write whose seqno the commit has passed: latency is from sending a write to seeing its
+//! commit. etcd: each client is one plain HTTP/1.1 connection; a put answers once the entry is
+//! committed by a majority and applied, so latency is the response time.
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
