@@ -77,7 +77,7 @@ pub enum Policy {
 
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     code: &'static str,
     message: String,
 }
@@ -136,7 +136,7 @@ fn authorize(shared: &Shared, caller: &Caller, policy: Policy) -> Result<(), Api
             "a client certificate is required",
         ));
     };
-    match role_of(&shared.handle.store().state(), id) {
+    match user_role(shared.handle.store(), id) {
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -155,20 +155,33 @@ fn authorize(shared: &Shared, caller: &Caller, policy: Policy) -> Result<(), Api
 /// data but no (valid) role is a Reader. Not a user: `None`.
 pub fn role_of(state: &ccl_store::State, key: &str) -> Option<Role> {
     match state.get(maps::USER_INFO, key.as_bytes()) {
-        Some(v) => Some(
-            serde_json::from_slice::<Value>(&v.value)
-                .ok()
-                .and_then(|u| {
-                    u["user_data"]["assignedRole"]
-                        .as_str()
-                        .and_then(Role::parse)
-                })
-                .unwrap_or(Role::Reader),
-        ),
+        Some(v) => Some(assigned_role(v)),
         None => state
             .get(maps::USER_CERTS, key.as_bytes())
             .map(|_| Role::Reader),
     }
+}
+
+/// [`role_of`] in the store's current state, without copying the state.
+fn user_role(store: &ccl_store::Store, key: &str) -> Option<Role> {
+    match store.get(maps::USER_INFO, key.as_bytes()) {
+        Some(v) => Some(assigned_role(&v)),
+        None => store
+            .get(maps::USER_CERTS, key.as_bytes())
+            .map(|_| Role::Reader),
+    }
+}
+
+/// The role in a user's `user_data`; a Reader's if there is none (or it does not parse).
+fn assigned_role(user_info: &ccl_store::Versioned) -> Role {
+    serde_json::from_slice::<Value>(&user_info.value)
+        .ok()
+        .and_then(|u| {
+            u["user_data"]["assignedRole"]
+                .as_str()
+                .and_then(Role::parse)
+        })
+        .unwrap_or(Role::Reader)
 }
 
 /// A request body: one of the `accepted` content types, at most [`MAX_BODY`] bytes, JSON.
@@ -392,30 +405,16 @@ async fn write_entry(
         "claimsKey": base64::engine::general_purpose::STANDARD.encode(claims_key),
     })
     .to_string();
-    let txid = {
-        let mut e = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
-        // The engine is locked: this transaction gets the next seqno.
-        let seqno = e.last_seqno() + 1;
-        let mut tx = e.store().begin();
-        if !access::may_write(tx.snapshot(), user_of(&caller), &coll) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                format!("the caller may not write to collection {coll}"),
-            ));
-        }
-        let bad = |e: ccl_store::TxError| ApiError::bad("InvalidEntry", e.to_string());
-        tx.put(maps::ENTRIES, coll.as_bytes(), value.as_bytes())
-            .map_err(bad)?;
-        tx.put(maps::ENTRY_INDEX, &index_key(&coll, seqno), b"")
-            .map_err(bad)?;
-        register_collection(&mut tx, &coll)?;
-        let txid = e
-            .commit(tx, Some(claims_digest))
-            .map_err(ApiError::internal)?;
-        assert_eq!(txid.seqno, seqno, "the engine assigns the next seqno");
-        txid
-    };
+    let txid = crate::batch::write_entry(
+        &shared,
+        crate::batch::EntryWrite {
+            user: user_of(&caller).to_owned(),
+            collection: coll.clone(),
+            value: value.into_bytes(),
+            claims_digest,
+        },
+    )
+    .await?;
     let mut resp = json_response(json!({"collectionId": coll}));
     resp.headers_mut().insert(
         "x-ms-ccf-transaction-id",
@@ -721,7 +720,7 @@ async fn node_state(State(shared): State<Arc<Shared>>) -> ApiResult {
     })))
 }
 
-fn index_key(collection: &str, seqno: u64) -> Vec<u8> {
+pub(crate) fn index_key(collection: &str, seqno: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(collection.len() + 9);
     k.extend_from_slice(collection.as_bytes());
     k.push(0);

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod api;
+pub mod batch;
 pub mod gov;
 pub mod init;
 pub mod join;
@@ -107,6 +108,8 @@ pub enum NodeError {
 /// What the node shares with its request handlers.
 pub struct Shared {
     pub engine: Arc<Mutex<Engine>>,
+    /// Entry writes waiting to be executed in a batch (by the thread [`batch::start`] starts).
+    pub writes: Arc<batch::WriteQueue>,
     /// Raft's view of the engine (log and state machine).
     pub replica: Arc<Replica>,
     /// Raft, once [`serve`] started it.
@@ -125,6 +128,12 @@ pub struct Shared {
     pub data_dir: PathBuf,
     /// Whether the service is Open (cached from the service info map, refreshed by governance).
     open: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.writes.close();
+    }
 }
 
 impl Shared {
@@ -283,6 +292,7 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
         service_cert_pem,
         node_id,
         engine,
+        writes: Default::default(),
         replica,
         raft: OnceLock::new(),
         raft_id,
@@ -291,6 +301,7 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
         data_dir: dir.to_path_buf(),
         open: Default::default(),
     });
+    batch::start(&shared)?;
     shared.refresh_status();
     if let Some(c) = &created
         && cfg.auto_open

@@ -495,6 +495,16 @@ impl Store {
             .clone()
     }
 
+    /// The value of `key` in `map` in the current state. Unlike [`Store::state`], it leaves no
+    /// copy of the state behind, which would make the next commit copy the paths it writes.
+    pub fn get(&self, map: &str, key: &[u8]) -> Option<Versioned> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(map, key)
+            .cloned()
+    }
+
     pub fn version(&self) -> u64 {
         self.current
             .read()
