@@ -931,11 +931,8 @@ impl Engine {
         self.ledger.commit(sig)?;
         self.store.compact(sig);
         self.shared.committed.store(sig, Ordering::Release);
-        self.shared
-            .tree
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .flush()?;
+        // The tree's node files are a cache of the ledger: they are written when a level's
+        // buffer fills and at close, not at every commit (tens of small writes, under the lock).
         self.write_committed_snapshots()?;
         self.shared.tell(EngineEvent::Committed(sig));
         Ok(sig)

@@ -41,6 +41,9 @@ struct Queued {
 struct Inner {
     queued: Vec<Queued>,
     closed: bool,
+    /// Whether the thread waits on `ready` (only then is it notified: a notification is a
+    /// system call, and a busy thread takes the queue at the end of its batch anyway).
+    waiting: bool,
 }
 
 /// The queue of writes waiting for the `ccl-writes` thread.
@@ -61,7 +64,7 @@ impl WriteQueue {
             return Err(q);
         }
         inner.queued.push(q);
-        if inner.queued.len() == 1 {
+        if inner.waiting {
             self.ready.notify_one();
         }
         Ok(())
@@ -78,7 +81,9 @@ impl WriteQueue {
                 let n = inner.queued.len().min(MAX_WRITES_PER_BATCH);
                 return Some(inner.queued.drain(..n).collect());
             }
+            inner.waiting = true;
             inner = self.ready.wait(inner).unwrap_or_else(|p| p.into_inner());
+            inner.waiting = false;
         }
     }
 
