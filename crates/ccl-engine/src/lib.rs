@@ -141,24 +141,47 @@ impl SnapshotJob {
     }
 }
 
-/// A backup's snapshot encoded in the background: the bytes if they hash to the primary's
-/// evidence.
+/// A snapshot encoded in the background.
 struct SnapshotDone {
     generation: u64,
     seqno: u64,
-    evidence_seqno: u64,
-    bytes: Option<Vec<u8>>,
+    bytes: Vec<u8>,
 }
 
-/// Snapshots a backup is encoding in the background (see `append_replicated`).
+/// A snapshot encoded, waiting for its evidence.
+struct EncodedSnapshot {
+    seqno: u64,
+    bytes: Vec<u8>,
+    /// Hex SHA-256 of `bytes`, as in the evidence.
+    hash: String,
+}
+
+/// Snapshots encoded on threads of their own, from a copy of the state at a signature (see
+/// `maybe_snapshot`), and what they wait for: a primary writes their evidence once they are
+/// encoded; a backup keeps one if the primary's evidence for its seqno has its hash.
 struct SnapshotsInFlight {
     tx: std::sync::mpsc::Sender<SnapshotDone>,
     rx: std::sync::mpsc::Receiver<SnapshotDone>,
-    /// Evidence seqnos of the jobs not received yet.
-    evidence_seqnos: Vec<u64>,
-    /// Bumped when a rollback drops an evidence a job is for: its result is then ignored.
+    /// Seqnos of the snapshots still being encoded.
+    seqnos: Vec<u64>,
+    /// Bumped when a rollback drops a seqno being encoded: results of older jobs are ignored.
     generation: u64,
+    /// Encoded, waiting for evidence (at most [`MAX_SNAPSHOTS_WAITING`], oldest dropped).
+    encoded: Vec<EncodedSnapshot>,
+    /// Evidence a backup applied for a snapshot still being encoded, with its seqno.
+    evidence: Vec<(SnapshotEvidence, u64)>,
 }
+
+impl SnapshotsInFlight {
+    /// Whether the snapshot at `seqno` is being encoded or waits for its evidence.
+    fn has(&self, seqno: u64) -> bool {
+        self.seqnos.contains(&seqno) || self.encoded.iter().any(|s| s.seqno == seqno)
+    }
+}
+
+/// Most snapshots encoded and waiting for evidence that one that never comes (a primary with
+/// another snapshot interval, a lost term) holds in memory.
+pub const MAX_SNAPSHOTS_WAITING: usize = 2;
 
 impl Default for SnapshotsInFlight {
     fn default() -> Self {
@@ -166,8 +189,10 @@ impl Default for SnapshotsInFlight {
         SnapshotsInFlight {
             tx,
             rx,
-            evidence_seqnos: Vec::new(),
+            seqnos: Vec::new(),
             generation: 0,
+            encoded: Vec::new(),
+            evidence: Vec::new(),
         }
     }
 }
@@ -477,24 +502,32 @@ impl Engine {
         if e.txid.view != self.view {
             self.set_view(e.txid.view);
         }
-        // The primary's snapshot evidence for the state this replica has now (the signature just
-        // before it): this replica makes the same snapshot (its encoding is deterministic) and
-        // keeps it if it hashes to the evidence, so every node has snapshots to restart from.
-        // The state is taken now; the encoding runs on another thread, so that this entry (and
-        // the acknowledgement the primary waits for) is not held up by it.
-        let snapshot = match evidence {
-            Some(ev) if ev.version == seqno - 1 && ev.version == self.last_sig_seqno => {
-                let job = self.snapshot_job(ev.version)?;
-                Some((ev, job))
-            }
-            _ => None,
-        };
+        // Snapshot evidence of the primary: this replica makes the same snapshot (its encoding is
+        // deterministic; it started at the signature, by the same interval rule as the
+        // primary's) and keeps it if it hashes to the evidence, so that every node has
+        // snapshots to restart from. A snapshot taken outside the rule (`snapshot_now`) has its
+        // evidence right after its signature: the state is still that of the signature, and
+        // is taken now. Encodings run on other threads: this entry (and the acknowledgement
+        // the primary waits for) is not held up by them.
+        if let Some(ev) = &evidence
+            && ev.version == seqno - 1
+            && ev.version == self.last_sig_seqno
+            && !self.snapshots_in_flight.has(ev.version)
+        {
+            let job = self.snapshot_job(ev.version)?;
+            self.encode_in_background(job)?;
+        }
         self.store.apply(seqno, &maps);
         let leaf = pd.leaf(&e.write_set_digest());
         let end_chunk = e.flags & FLAG_FORCE_CHUNK_AFTER != 0;
         self.record_entry(seqno, bytes, leaf, signature.is_some().then_some(end_chunk))?;
-        if let Some((ev, job)) = snapshot {
-            self.encode_in_background(ev, job, seqno)?;
+        if signature.is_some() && !end_chunk {
+            self.maybe_snapshot()?;
+        }
+        if let Some(ev) = evidence {
+            self.last_snapshot_seqno = self.last_snapshot_seqno.max(ev.version);
+            self.snapshots_in_flight.evidence.push((ev, seqno));
+            self.collect_snapshots(false);
         }
         learn_secrets(&self.shared, &self.identity, seqno, &maps)?;
         Ok(e.txid)
@@ -667,8 +700,10 @@ impl Engine {
                 && self.committed_seqno() >= self.last_sig_seqno)
     }
 
-    /// Writes a signature transaction if one is due; returns its id.
+    /// Writes the evidence of snapshots encoded since the last call, then a signature
+    /// transaction if one is due; returns the signature's id. Called by the primary.
     pub fn maybe_emit_signature(&mut self, now: Instant) -> Result<Option<TxId>, EngineError> {
+        self.write_snapshot_evidence()?;
         if self.signature_due(now) {
             self.emit_signature().map(Some)
         } else {
@@ -765,19 +800,52 @@ impl Engine {
         ];
         self.store.apply(seqno, &maps);
         let txid = self.append_write_set(seqno, &maps, [0u8; 32], Some(end_chunk))?;
-        self.maybe_snapshot()?;
+        // A chunk ends at a signature when the node stops: no snapshot is started then.
+        if !end_chunk {
+            self.maybe_snapshot()?;
+        }
         Ok(txid)
     }
 
-    /// At a signature, writes a snapshot if one is due, with its evidence transaction.
+    /// At a signature (the last transaction), starts encoding a snapshot of the state if one is
+    /// due: the first signature `snapshot_interval_txs` after the last snapshot. Primary and
+    /// backups follow the same rule; the primary writes the evidence (the snapshot's hash) once
+    /// the encoding is done, and backups keep theirs if it hashes to that evidence. Nothing
+    /// waits for the encoding, under the engine's lock or elsewhere.
     fn maybe_snapshot(&mut self) -> Result<(), EngineError> {
         let seqno = self.last_seqno();
+        debug_assert_eq!(seqno, self.last_sig_seqno);
         if self.cfg.snapshot_interval_txs == 0
             || seqno - self.last_snapshot_seqno < self.cfg.snapshot_interval_txs
         {
             return Ok(());
         }
-        self.snapshot_now()
+        let job = self.snapshot_job(seqno)?;
+        self.encode_in_background(job)
+    }
+
+    /// Commits the evidence of every snapshot encoded and waiting (a primary's).
+    fn write_snapshot_evidence(&mut self) -> Result<(), EngineError> {
+        self.collect_snapshots(false);
+        for snap in std::mem::take(&mut self.snapshots_in_flight.encoded) {
+            let mut tx = self.store.begin();
+            let ev = SnapshotEvidence {
+                hash: snap.hash,
+                version: snap.seqno,
+            };
+            tx.put(
+                tables::SNAPSHOT_EVIDENCE,
+                &tables::SINGLETON_KEY,
+                &json(&ev),
+            )?;
+            let evidence = self.commit(tx, Some(sha256(&snap.bytes)))?;
+            self.pending_snapshots.push(PendingSnapshot {
+                seqno: snap.seqno,
+                evidence_seqno: evidence.seqno,
+                bytes: snap.bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Writes a snapshot of the state at the last transaction, which must be a signature.
@@ -838,46 +906,33 @@ impl Engine {
         })
     }
 
-    /// Encodes a backup's snapshot on a thread of its own; it is kept (written once its
-    /// evidence is committed) if it hashes to the primary's evidence.
-    fn encode_in_background(
-        &mut self,
-        ev: SnapshotEvidence,
-        job: SnapshotJob,
-        evidence_seqno: u64,
-    ) -> Result<(), EngineError> {
+    /// Encodes the snapshot of `job` on a thread of its own (see [`SnapshotsInFlight`]).
+    fn encode_in_background(&mut self, job: SnapshotJob) -> Result<(), EngineError> {
         let flight = &mut self.snapshots_in_flight;
-        let (tx, generation) = (flight.tx.clone(), flight.generation);
+        let (tx, generation, seqno) = (flight.tx.clone(), flight.generation, job.txid.seqno);
         std::thread::Builder::new()
             .name("ccl-snapshot".into())
             .spawn(move || {
                 let bytes = job.encode();
-                let matches = hex::encode(sha256(&bytes)) == ev.hash;
-                if !matches {
-                    tracing::warn!(
-                        seqno = ev.version,
-                        "this replica's snapshot differs from the primary's evidence: not kept"
-                    );
-                }
                 // The engine may be gone (closed meanwhile): then the snapshot is not needed.
                 let _ = tx.send(SnapshotDone {
                     generation,
-                    seqno: ev.version,
-                    evidence_seqno,
-                    bytes: matches.then_some(bytes),
+                    seqno,
+                    bytes,
                 });
             })
             .map_err(|e| EngineError::Invalid(format!("cannot start a snapshot thread: {e}")))?;
-        flight.evidence_seqnos.push(evidence_seqno);
-        self.last_snapshot_seqno = ev.version;
+        flight.seqnos.push(seqno);
+        self.last_snapshot_seqno = self.last_snapshot_seqno.max(seqno);
         Ok(())
     }
 
     /// Takes the snapshots encoded in the background so far (all of them, waiting, with
-    /// `wait`) into the pending ones.
+    /// `wait`), and matches them with the evidence applied: a snapshot whose hash is that of
+    /// its evidence becomes pending (written once the evidence is committed).
     fn collect_snapshots(&mut self, wait: bool) {
         let flight = &mut self.snapshots_in_flight;
-        while !flight.evidence_seqnos.is_empty() {
+        while !flight.seqnos.is_empty() {
             let done = if wait {
                 match flight.rx.recv() {
                     Ok(d) => d,
@@ -892,13 +947,39 @@ impl Engine {
             if done.generation != flight.generation {
                 continue;
             }
-            flight.evidence_seqnos.retain(|s| *s != done.evidence_seqno);
-            if let Some(bytes) = done.bytes {
-                self.pending_snapshots.push(PendingSnapshot {
-                    seqno: done.seqno,
-                    evidence_seqno: done.evidence_seqno,
-                    bytes,
-                });
+            flight.seqnos.retain(|s| *s != done.seqno);
+            let hash = hex::encode(sha256(&done.bytes));
+            flight.encoded.push(EncodedSnapshot {
+                seqno: done.seqno,
+                bytes: done.bytes,
+                hash,
+            });
+            if flight.encoded.len() > MAX_SNAPSHOTS_WAITING {
+                flight.encoded.remove(0);
+            }
+        }
+        for (ev, evidence_seqno) in std::mem::take(&mut flight.evidence) {
+            if let Some(i) = flight.encoded.iter().position(|s| s.seqno == ev.version) {
+                let snap = flight.encoded.remove(i);
+                if snap.hash == ev.hash {
+                    self.pending_snapshots.push(PendingSnapshot {
+                        seqno: snap.seqno,
+                        evidence_seqno,
+                        bytes: snap.bytes,
+                    });
+                } else {
+                    tracing::warn!(
+                        seqno = ev.version,
+                        "this replica's snapshot differs from the primary's evidence: not kept"
+                    );
+                }
+            } else if flight.seqnos.contains(&ev.version) {
+                flight.evidence.push((ev, evidence_seqno));
+            } else {
+                tracing::info!(
+                    seqno = ev.version,
+                    "no snapshot of this replica's for the primary's evidence"
+                );
             }
         }
     }
@@ -1004,11 +1085,14 @@ impl Engine {
         self.last_sig_seqno = self.shared.last_signature_at_or_before(seqno);
         self.pending_snapshots.retain(|p| p.evidence_seqno <= seqno);
         let flight = &mut self.snapshots_in_flight;
-        if flight.evidence_seqnos.iter().any(|s| *s > seqno) {
-            // Snapshots being encoded for evidence that is gone: their results are ignored.
+        if flight.seqnos.iter().any(|s| *s > seqno) {
+            // Snapshots being encoded of states that are gone: their results are ignored.
             flight.generation += 1;
-            flight.evidence_seqnos.clear();
+            flight.seqnos.clear();
         }
+        flight.encoded.retain(|s| s.seqno <= seqno);
+        flight.evidence.retain(|(_, e)| *e <= seqno);
+        self.last_snapshot_seqno = self.last_snapshot_seqno.min(seqno);
         self.txs_since_sig = seqno - self.last_sig_seqno;
         let keep = (seqno + 1).saturating_sub(self.outbox_first) as usize;
         self.outbox.truncate(keep);
@@ -1042,6 +1126,9 @@ impl Engine {
     /// Ends the ledger cleanly: a final signature that completes the chunk, everything fsynced.
     /// Returns the last seqno; the caller commits it (a single node: at once).
     pub fn finish(&mut self) -> Result<u64, EngineError> {
+        // Snapshots being encoded get their evidence, which the final signature covers.
+        self.collect_snapshots(true);
+        self.write_snapshot_evidence()?;
         if self.ledger.has_open_chunk() {
             self.emit_signature_ending_chunk()?;
         }

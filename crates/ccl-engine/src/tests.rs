@@ -840,3 +840,48 @@ fn a_signature_comes_early_once_the_previous_one_is_committed() {
     one(&mut e, 0);
     assert!(!e.signature_due(Instant::now()));
 }
+
+/// The primary encodes a snapshot on another thread and writes its evidence once it is done,
+/// after transactions that came meanwhile (not under the engine's lock right after the
+/// signature); a backup encodes its own at the same signature, by the same rule, and writes the
+/// same file.
+#[test]
+fn snapshot_evidence_follows_later_transactions_and_backups_match_it() {
+    let PrimaryAndBackup {
+        dir,
+        bdir,
+        mut e,
+        mut b,
+        ..
+    } = primary_and_backup();
+    write(&mut e, 0, 25);
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    let evidence = first_seqno_writing(&e, last, tables::SNAPSHOT_EVIDENCE)
+        .expect("the primary took a snapshot");
+    let ev: tables::SnapshotEvidence = serde_json::from_slice(
+        &e.store()
+            .state()
+            .get(tables::SNAPSHOT_EVIDENCE, &tables::SINGLETON_KEY)
+            .unwrap()
+            .value,
+    )
+    .unwrap();
+    assert!(
+        evidence > ev.version + 1,
+        "the evidence at {evidence} follows transactions after the snapshot's signature {}",
+        ev.version
+    );
+    for s in 1..=last {
+        b.append_replicated(&e.handle().raw_entry(s).unwrap())
+            .unwrap();
+    }
+    b.commit_up_to(last).unwrap();
+    b.finish_snapshots().unwrap();
+    let name = format!("snapshot_{}_{evidence}.committed", ev.version);
+    let read = |d: &Path| std::fs::read(d.join(SNAPSHOTS_DIR).join(&name)).unwrap();
+    assert!(
+        read(dir.path()) == read(bdir.path()),
+        "{name} is the same on both"
+    );
+}
