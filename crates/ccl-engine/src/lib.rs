@@ -65,6 +65,9 @@ pub struct EngineConfig {
     pub snapshot_interval_txs: u64,
     /// Pages (4 KiB) of Merkle tree nodes cached in memory.
     pub merkle_cache_pages: usize,
+    /// Whether snapshots are encoded on threads of their own (the default) or at once, in the
+    /// signature's transaction (so that a deterministic simulation replays exactly).
+    pub snapshots_in_background: bool,
 }
 
 impl Default for EngineConfig {
@@ -76,6 +79,7 @@ impl Default for EngineConfig {
             chunk_size: ccl_ledger::ledger::DEFAULT_CHUNK_SIZE,
             snapshot_interval_txs: DEFAULT_SNAPSHOT_INTERVAL_TXS,
             merkle_cache_pages: ccl_ledger::merkle::DEFAULT_CACHE_PAGES,
+            snapshots_in_background: true,
         }
     }
 }
@@ -173,6 +177,16 @@ struct SnapshotsInFlight {
 }
 
 impl SnapshotsInFlight {
+    /// Keeps the encoded snapshot at `seqno` until its evidence (dropping the oldest beyond
+    /// [`MAX_SNAPSHOTS_WAITING`]).
+    fn push_encoded(&mut self, seqno: u64, bytes: Vec<u8>) {
+        let hash = hex::encode(sha256(&bytes));
+        self.encoded.push(EncodedSnapshot { seqno, bytes, hash });
+        if self.encoded.len() > MAX_SNAPSHOTS_WAITING {
+            self.encoded.remove(0);
+        }
+    }
+
     /// Whether the snapshot at `seqno` is being encoded or waits for its evidence.
     fn has(&self, seqno: u64) -> bool {
         self.seqnos.contains(&seqno) || self.encoded.iter().any(|s| s.seqno == seqno)
@@ -908,6 +922,12 @@ impl Engine {
 
     /// Encodes the snapshot of `job` on a thread of its own (see [`SnapshotsInFlight`]).
     fn encode_in_background(&mut self, job: SnapshotJob) -> Result<(), EngineError> {
+        self.last_snapshot_seqno = self.last_snapshot_seqno.max(job.txid.seqno);
+        if !self.cfg.snapshots_in_background {
+            let bytes = job.encode();
+            self.snapshots_in_flight.push_encoded(job.txid.seqno, bytes);
+            return Ok(());
+        }
         let flight = &mut self.snapshots_in_flight;
         let (tx, generation, seqno) = (flight.tx.clone(), flight.generation, job.txid.seqno);
         std::thread::Builder::new()
@@ -923,7 +943,6 @@ impl Engine {
             })
             .map_err(|e| EngineError::Invalid(format!("cannot start a snapshot thread: {e}")))?;
         flight.seqnos.push(seqno);
-        self.last_snapshot_seqno = self.last_snapshot_seqno.max(seqno);
         Ok(())
     }
 
@@ -948,15 +967,7 @@ impl Engine {
                 continue;
             }
             flight.seqnos.retain(|s| *s != done.seqno);
-            let hash = hex::encode(sha256(&done.bytes));
-            flight.encoded.push(EncodedSnapshot {
-                seqno: done.seqno,
-                bytes: done.bytes,
-                hash,
-            });
-            if flight.encoded.len() > MAX_SNAPSHOTS_WAITING {
-                flight.encoded.remove(0);
-            }
+            flight.push_encoded(done.seqno, done.bytes);
         }
         for (ev, evidence_seqno) in std::mem::take(&mut flight.evidence) {
             if let Some(i) = flight.encoded.iter().position(|s| s.seqno == ev.version) {

@@ -13,6 +13,7 @@ fn cfg() -> EngineConfig {
         chunk_size: 4096,
         snapshot_interval_txs: 0,
         merkle_cache_pages: 4,
+        snapshots_in_background: true,
     }
 }
 

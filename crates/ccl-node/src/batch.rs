@@ -101,6 +101,16 @@ impl WriteQueue {
     }
 }
 
+/// Closes the queue when the thread ends, however it ends (a broken invariant panics): later
+/// writes are then refused at once rather than left waiting for a thread that is gone.
+struct CloseOnExit(Arc<WriteQueue>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// Starts the thread that executes `shared`'s queued writes; it ends when the queue is closed
 /// (when the node is dropped).
 pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
@@ -109,7 +119,8 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("ccl-writes".into())
         .spawn(move || {
-            while let Some(batch) = queue.next_batch() {
+            let queue = CloseOnExit(queue);
+            while let Some(batch) = queue.0.next_batch() {
                 let Some(shared) = node.upgrade() else {
                     return;
                 };

@@ -103,6 +103,8 @@ impl Params {
             chunk_size: self.chunk_size,
             snapshot_interval_txs: self.snapshot_interval_txs,
             merkle_cache_pages: 4,
+            // Threads would make the evidence's place in the ledger depend on real time.
+            snapshots_in_background: false,
         }
     }
 

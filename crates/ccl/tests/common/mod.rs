@@ -109,6 +109,7 @@ pub fn config(sig_every: u64, chunk_size: u64) -> EngineConfig {
         chunk_size,
         snapshot_interval_txs: 0,
         merkle_cache_pages: 64,
+        snapshots_in_background: true,
     }
 }
 
