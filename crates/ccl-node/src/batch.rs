@@ -73,6 +73,7 @@ impl WriteQueue {
     /// The next batch; `None` once the queue is closed.
     fn next_batch(&self) -> Option<Vec<Queued>> {
         let mut inner = self.lock();
+        let mut yielded = false;
         loop {
             if inner.closed {
                 return None;
@@ -80,6 +81,15 @@ impl WriteQueue {
             if !inner.queued.is_empty() {
                 let n = inner.queued.len().min(MAX_WRITES_PER_BATCH);
                 return Some(inner.queued.drain(..n).collect());
+            }
+            if !yielded {
+                // Under load the next writes are usually a moment away: giving the CPU to the
+                // handlers once is cheaper than sleeping and being woken.
+                yielded = true;
+                drop(inner);
+                std::thread::yield_now();
+                inner = self.lock();
+                continue;
             }
             inner.waiting = true;
             inner = self.ready.wait(inner).unwrap_or_else(|p| p.into_inner());
