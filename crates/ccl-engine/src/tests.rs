@@ -536,21 +536,31 @@ fn a_backup_writes_the_same_snapshots_as_the_primary() {
     assert_eq!(b.last_seqno(), last);
 }
 
+/// [`primary_and_backup`] after 25 writes on the primary (finished: signed and synced), with
+/// its last seqno and the seqno of its first snapshot evidence.
+fn primary_with_a_snapshot() -> (PrimaryAndBackup, u64, u64) {
+    let mut pb = primary_and_backup();
+    write(&mut pb.e, 0, 25);
+    let last = pb.e.finish().unwrap();
+    let evidence = first_seqno_writing(&pb.e, last, tables::SNAPSHOT_EVIDENCE)
+        .expect("the primary took a snapshot");
+    (pb, last, evidence)
+}
+
 #[test]
 fn a_backup_drops_a_snapshot_whose_evidence_is_rolled_back() {
     // (The primary's directory must live as long as it does.)
-    let PrimaryAndBackup {
-        dir: _dir,
-        bdir,
-        mut e,
-        mut b,
-        ..
-    } = primary_and_backup();
-    write(&mut e, 0, 25);
-    let last = e.finish().unwrap();
-    // The first snapshot evidence: the backup starts encoding when it applies it.
-    let evidence = first_seqno_writing(&e, last, tables::SNAPSHOT_EVIDENCE)
-        .expect("the primary took a snapshot");
+    let (
+        PrimaryAndBackup {
+            dir: _dir,
+            bdir,
+            e,
+            mut b,
+            ..
+        },
+        last,
+        evidence,
+    ) = primary_with_a_snapshot();
     for s in 1..=evidence {
         b.append_replicated(&e.handle().raw_entry(s).unwrap())
             .unwrap();
@@ -848,18 +858,18 @@ fn a_signature_comes_early_once_the_previous_one_is_committed() {
 /// same file.
 #[test]
 fn snapshot_evidence_follows_later_transactions_and_backups_match_it() {
-    let PrimaryAndBackup {
-        dir,
-        bdir,
-        mut e,
-        mut b,
-        ..
-    } = primary_and_backup();
-    write(&mut e, 0, 25);
-    let last = e.finish().unwrap();
+    let (
+        PrimaryAndBackup {
+            dir,
+            bdir,
+            mut e,
+            mut b,
+            ..
+        },
+        last,
+        evidence,
+    ) = primary_with_a_snapshot();
     e.commit_up_to(last).unwrap();
-    let evidence = first_seqno_writing(&e, last, tables::SNAPSHOT_EVIDENCE)
-        .expect("the primary took a snapshot");
     let ev: tables::SnapshotEvidence = serde_json::from_slice(
         &e.store()
             .state()
