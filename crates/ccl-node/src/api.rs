@@ -154,34 +154,30 @@ fn authorize(shared: &Shared, caller: &Caller, policy: Policy) -> Result<(), Api
 /// A user's role: `user_data.assignedRole` in the users map; a user with a certificate or user
 /// data but no (valid) role is a Reader. Not a user: `None`.
 pub fn role_of(state: &ccl_store::State, key: &str) -> Option<Role> {
-    match state.get(maps::USER_INFO, key.as_bytes()) {
-        Some(v) => Some(assigned_role(v)),
-        None => state
-            .get(maps::USER_CERTS, key.as_bytes())
-            .map(|_| Role::Reader),
-    }
+    role_in(|map| state.get(map, key.as_bytes()).cloned())
 }
 
 /// [`role_of`] in the store's current state, without copying the state.
 fn user_role(store: &ccl_store::Store, key: &str) -> Option<Role> {
-    match store.get(maps::USER_INFO, key.as_bytes()) {
-        Some(v) => Some(assigned_role(&v)),
-        None => store
-            .get(maps::USER_CERTS, key.as_bytes())
-            .map(|_| Role::Reader),
-    }
+    role_in(|map| store.get(map, key.as_bytes()))
 }
 
-/// The role in a user's `user_data`; a Reader's if there is none (or it does not parse).
-fn assigned_role(user_info: &ccl_store::Versioned) -> Role {
-    serde_json::from_slice::<Value>(&user_info.value)
-        .ok()
-        .and_then(|u| {
-            u["user_data"]["assignedRole"]
-                .as_str()
-                .and_then(Role::parse)
-        })
-        .unwrap_or(Role::Reader)
+/// A user's role, from the user's entry in a map (`get`): `user_data.assignedRole` in the users
+/// map, a Reader's if there is none (or it does not parse) or the user has only a certificate.
+fn role_in(get: impl Fn(&str) -> Option<ccl_store::Versioned>) -> Option<Role> {
+    match get(maps::USER_INFO) {
+        Some(v) => Some(
+            serde_json::from_slice::<Value>(&v.value)
+                .ok()
+                .and_then(|u| {
+                    u["user_data"]["assignedRole"]
+                        .as_str()
+                        .and_then(Role::parse)
+                })
+                .unwrap_or(Role::Reader),
+        ),
+        None => get(maps::USER_CERTS).map(|_| Role::Reader),
+    }
 }
 
 /// A request body: one of the `accepted` content types, at most [`MAX_BODY`] bytes, JSON.

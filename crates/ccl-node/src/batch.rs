@@ -246,7 +246,7 @@ mod tests {
             });
         }
         let mut seqnos = std::collections::BTreeSet::new();
-        // A write the combiners lost would never be answered: bound the wait.
+        // A write the writes thread lost would never be answered: bound the wait.
         let wait = std::time::Duration::from_secs(60);
         while let Some(r) = tokio::time::timeout(wait, tasks.join_next())
             .await
