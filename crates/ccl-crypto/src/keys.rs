@@ -63,6 +63,9 @@ pub struct SigningKey {
     /// The same key in ring, for signatures over messages (faster than the pure-Rust curves);
     /// built on first use. `None` inside when ring cannot load it.
     ring: std::sync::Arc<std::sync::OnceLock<Option<ring::signature::EcdsaKeyPair>>>,
+    /// Precomputed nonces for P-384 signatures (see [`crate::presign`]), if the owner keeps a
+    /// pool.
+    nonces: Option<crate::presign::NoncePool>,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -76,7 +79,31 @@ impl SigningKey {
         SigningKey {
             inner,
             ring: Default::default(),
+            nonces: None,
         }
+    }
+
+    /// The same key, signing with precomputed nonces from `pool` while it has some (P-384
+    /// only: a P-256 key ignores the pool).
+    pub fn with_nonces(mut self, pool: crate::presign::NoncePool) -> Self {
+        if self.curve() == Curve::P384 {
+            self.nonces = Some(pool);
+        }
+        self
+    }
+
+    /// Signatures made with a pooled nonce, by every key sharing this key's pool.
+    pub fn pooled_signatures(&self) -> u64 {
+        self.nonces.as_ref().map_or(0, |p| p.used())
+    }
+
+    /// Signs a 48-byte digest with a pooled nonce, if this is a P-384 key with a pool that
+    /// has one.
+    fn sign_pooled(&self, digest: &[u8]) -> Option<p384::ecdsa::Signature> {
+        let (SigningInner::P384(k), Some(pool)) = (&self.inner, &self.nonces) else {
+            return None;
+        };
+        pool.sign(k.as_nonzero_scalar(), digest.try_into().ok()?)
     }
 
     fn ring_key(&self) -> Option<&ring::signature::EcdsaKeyPair> {
@@ -185,6 +212,9 @@ impl SigningKey {
     pub fn sign_prehashed(&self, digest: &[u8]) -> Result<Vec<u8>> {
         let padded = left_pad(digest, self.curve());
         let digest = &padded[..];
+        if let Some(s) = self.sign_pooled(digest) {
+            return Ok(s.to_der().as_bytes().to_vec());
+        }
         let der = match &self.inner {
             SigningInner::P256(k) => {
                 let s: p256::ecdsa::Signature = k
@@ -205,6 +235,11 @@ impl SigningKey {
     /// Signs `msg` hashed with the curve's hash; returns the fixed-size r||s form used by COSE.
     pub fn sign_raw(&self, msg: &[u8]) -> Vec<u8> {
         use ecdsa::signature::Signer;
+        if self.nonces.is_some()
+            && let Some(s) = self.sign_pooled(&HashAlg::Sha384.digest(msg))
+        {
+            return s.to_bytes().to_vec();
+        }
         if let Some(k) = self.ring_key()
             && let Ok(sig) = k.sign(&ring::rand::SystemRandom::new(), msg)
         {

@@ -30,6 +30,16 @@ impl Identity {
         hex::encode(self.service_cert.key_id()).into_bytes()
     }
 
+    /// The same identity, its node and service keys signing with precomputed nonces from
+    /// `pool` (see [`ccl_crypto::presign`]).
+    pub fn with_nonces(self, pool: ccl_crypto::presign::NoncePool) -> Self {
+        Identity {
+            node_key: self.node_key.with_nonces(pool.clone()),
+            service_key: self.service_key.with_nonces(pool),
+            ..self
+        }
+    }
+
     /// Generates a service identity and a node endorsed by it, with `names` (DNS names or IP
     /// addresses) in the node certificate.
     pub fn generate(names: &[String]) -> ccl_crypto::Result<Self> {

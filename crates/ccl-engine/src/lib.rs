@@ -48,6 +48,10 @@ pub const DEFAULT_SIGNATURE_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_SIGNATURE_MIN_INTERVAL: Duration = Duration::from_millis(5);
 /// Default: a snapshot at the first signature after this many transactions (0: never).
 pub const DEFAULT_SNAPSHOT_INTERVAL_TXS: u64 = 100_000;
+/// P-384 nonces an engine keeps precomputed: a signature transaction takes two, and signatures
+/// come at most every `DEFAULT_SIGNATURE_MIN_INTERVAL`, so 16 cover a burst of 8 while the
+/// pool's thread (about 0.5 ms a nonce) refills.
+pub const DEFAULT_PRESIGNED_NONCES: usize = 16;
 
 /// Subdirectories of a node's data directory.
 pub const LEDGER_DIR: &str = "ledger";
@@ -68,6 +72,10 @@ pub struct EngineConfig {
     /// Whether snapshots are encoded on threads of their own (the default) or at once, in the
     /// signature's transaction (so that a deterministic simulation replays exactly).
     pub snapshots_in_background: bool,
+    /// P-384 nonces kept precomputed on a thread (0: none), so that signing a root costs
+    /// microseconds under the engine's lock instead of about 1 ms (see
+    /// [`ccl_crypto::presign`]).
+    pub presigned_nonces: usize,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +88,7 @@ impl Default for EngineConfig {
             snapshot_interval_txs: DEFAULT_SNAPSHOT_INTERVAL_TXS,
             merkle_cache_pages: ccl_ledger::merkle::DEFAULT_CACHE_PAGES,
             snapshots_in_background: true,
+            presigned_nonces: DEFAULT_PRESIGNED_NONCES,
         }
     }
 }

@@ -147,7 +147,13 @@ pub(crate) fn open(
     let mut view = 0;
     let mut last_sig = 0;
     let mut last_sig_root = None;
-    let identity = Arc::new(identity);
+    let identity = Arc::new(if cfg.presigned_nonces > 0 {
+        let pool =
+            ccl_crypto::presign::NoncePool::start(cfg.presigned_nonces).map_err(io_err(dir))?;
+        identity.with_nonces(pool)
+    } else {
+        identity
+    });
     let mut seqno = first;
     while seqno <= last {
         let bytes = reader.read_entry(seqno)?;

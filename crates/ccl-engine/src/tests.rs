@@ -14,6 +14,7 @@ fn cfg() -> EngineConfig {
         snapshot_interval_txs: 0,
         merkle_cache_pages: 4,
         snapshots_in_background: true,
+        presigned_nonces: crate::DEFAULT_PRESIGNED_NONCES,
     }
 }
 

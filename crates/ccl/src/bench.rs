@@ -216,6 +216,9 @@ pub fn write_ledger(
         engine.commit(tx, None)?;
         engine.maybe_emit_signature(Instant::now())?;
         if i % 256 == 255 {
+            // Consensus takes the entries a primary executed (to replicate them); without it
+            // they would pile up in memory.
+            engine.take_outbox();
             // Hand the next batch to the syncer if it is free; never wait for it here.
             let h = engine.sync_handle()?;
             let _ = to_syncer.try_send(h);

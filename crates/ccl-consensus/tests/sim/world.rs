@@ -105,6 +105,8 @@ impl Params {
             merkle_cache_pages: 4,
             // Threads would make the evidence's place in the ledger depend on real time.
             snapshots_in_background: false,
+            // A thread per replica computing nonces would only cost CPU across 500 seeds.
+            presigned_nonces: 0,
         }
     }
 

@@ -110,6 +110,8 @@ pub fn config(sig_every: u64, chunk_size: u64) -> EngineConfig {
         snapshot_interval_txs: 0,
         merkle_cache_pages: 64,
         snapshots_in_background: true,
+        // Signatures with pooled nonces, so CCF's validator checks those too.
+        presigned_nonces: ccl_engine::DEFAULT_PRESIGNED_NONCES,
     }
 }
 
@@ -175,6 +177,10 @@ pub fn build(dir: &Path, txs: u64, sig_every: u64, chunk_size: u64, open_tail: b
         engine.commit_up_to(s).expect("commit");
     }
     let signatures = count_signatures(&engine);
+    assert!(
+        engine.identity().node_key.pooled_signatures() > 0,
+        "no signature of the ledger used a pooled nonce"
+    );
     Built {
         engine,
         id,
