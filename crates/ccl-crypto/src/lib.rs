@@ -6,6 +6,8 @@
 //! - [`aead`]: AES-256-GCM with detached tags, as the ledger format stores them;
 //! - [`keys`]: ECDSA P-256 / P-384 signing and verifying keys, including signatures over a
 //!   pre-hashed digest (CCF signs Merkle roots that way);
+//! - [`p384_table`]: P-384 products from tables of a point's multiples (nonces, and repeated
+//!   verifications by one key);
 //! - [`presign`]: P-384 nonces precomputed on a thread, for signatures in microseconds;
 //! - [`cert`]: X.509 certificates: generation (service CA, endorsed node certificates,
 //!   identities), parsing and endorsement checks;
@@ -24,6 +26,7 @@ pub mod ecies;
 pub mod hash;
 pub mod keys;
 pub mod oaep;
+pub mod p384_table;
 pub mod presign;
 pub mod shamir;
 

@@ -4,7 +4,7 @@
 //! `k`. Almost all of its cost (about 0.5 ms on P-384) is the point multiplication `k·G` and the
 //! inversions, and none of that depends on the message or on the key. A [`NoncePool`] computes
 //! `(k⁻¹, r)` pairs ahead of time on a thread of its own; signing with one is two scalar
-//! multiplications; `k·G` itself uses a table of multiples of `G` built once per process. A node
+//! multiplications; `k·G` itself uses the generator's table ([`crate::p384_table`]). A node
 //! signs a Merkle root twice per signature transaction (its own key and
 //! the service's COSE signature) while it holds the engine's lock, so this takes about 1 ms of
 //! P-384 off the write path of every signature.
@@ -15,11 +15,10 @@
 
 use p384::elliptic_curve::ops::Reduce;
 use p384::elliptic_curve::point::AffineCoordinates;
-use p384::elliptic_curve::subtle::{ConditionallySelectable, ConstantTimeEq};
-use p384::{AffinePoint, FieldBytes, NonZeroScalar, ProjectivePoint, Scalar, U384};
+use p384::{FieldBytes, NonZeroScalar, Scalar, U384};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use zeroize::Zeroize;
 
 /// Nonces a pool keeps ready: enough for a burst of signatures (two per signature
@@ -43,52 +42,11 @@ impl Nonce {
     /// 2⁻³⁸⁰) case that `r` is zero, when the caller draws again.
     fn generate() -> Option<Nonce> {
         let k = NonZeroScalar::random(&mut rand_core::OsRng);
-        let point = mul_generator(&k).to_affine();
+        let point = crate::p384_table::generator().mul_secret(&k).to_affine();
         let r = <Scalar as Reduce<U384>>::reduce_bytes(&point.x());
         let k_inv = Option::<Scalar>::from(k.invert())?;
         (!bool::from(r.is_zero())).then_some(Nonce { k_inv, r })
     }
-}
-
-/// Digits (4 bits each) of a P-384 scalar: the rows of the generator's table.
-const WINDOWS: usize = 96;
-
-/// `TABLE[i][j] = j·16^i·G`: with it, `k·G` is 96 additions and no doubling, about a third of
-/// the cost of the generic multiplication.
-fn generator_table() -> &'static [[AffinePoint; 16]] {
-    static TABLE: OnceLock<Vec<[AffinePoint; 16]>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut rows = Vec::with_capacity(WINDOWS);
-        let mut base = ProjectivePoint::GENERATOR;
-        for _ in 0..WINDOWS {
-            let mut row = [AffinePoint::IDENTITY; 16];
-            let mut multiple = ProjectivePoint::IDENTITY;
-            for entry in row.iter_mut().skip(1) {
-                multiple += base;
-                *entry = multiple.to_affine();
-            }
-            rows.push(row);
-            base = multiple + base;
-        }
-        rows
-    })
-}
-
-/// `k·G` from the table, in constant time: every row is scanned whole, whatever the digit.
-fn mul_generator(k: &Scalar) -> ProjectivePoint {
-    let table = generator_table();
-    let bytes = k.to_bytes();
-    let mut acc = ProjectivePoint::IDENTITY;
-    for (i, row) in table.iter().enumerate() {
-        let byte = bytes[bytes.len() - 1 - i / 2];
-        let digit = if i % 2 == 0 { byte & 0x0f } else { byte >> 4 };
-        let mut point = AffinePoint::IDENTITY;
-        for (j, entry) in row.iter().enumerate().skip(1) {
-            point.conditional_assign(entry, digit.ct_eq(&(j as u8)));
-        }
-        acc += point;
-    }
-    acc
 }
 
 /// A supply of precomputed P-384 nonces, refilled by a thread that lives as long as the pool.
@@ -193,41 +151,6 @@ mod tests {
             }
             assert!(Instant::now() < deadline, "the pool never filled");
             std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    #[test]
-    fn the_table_multiplies_like_the_curve_library() {
-        let mut scalars = vec![
-            Scalar::ONE,
-            -Scalar::ONE,
-            Scalar::from(16u64),
-            Scalar::from(0xf0u64),
-        ];
-        for _ in 0..64 {
-            scalars.push(*NonZeroScalar::random(&mut rand_core::OsRng));
-        }
-        for k in scalars {
-            assert_eq!(
-                mul_generator(&k).to_affine(),
-                (ProjectivePoint::GENERATOR * k).to_affine()
-            );
-        }
-        assert_eq!(mul_generator(&Scalar::ZERO), ProjectivePoint::IDENTITY);
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
-        #[test]
-        fn the_table_agrees_for_any_digits(bytes in proptest::array::uniform32(proptest::prelude::any::<u8>()), top in proptest::array::uniform16(proptest::prelude::any::<u8>())) {
-            let mut wide = [0u8; 48];
-            wide[..16].copy_from_slice(&top);
-            wide[16..].copy_from_slice(&bytes);
-            let k = <Scalar as Reduce<U384>>::reduce_bytes(&FieldBytes::from(wide));
-            proptest::prop_assert_eq!(
-                mul_generator(&k).to_affine(),
-                (ProjectivePoint::GENERATOR * k).to_affine()
-            );
         }
     }
 
