@@ -92,6 +92,11 @@ impl SigningKey {
         self
     }
 
+    /// Pooled nonces ready for this key's next signatures (0 without a pool).
+    pub fn nonces_ready(&self) -> u64 {
+        self.nonces.as_ref().map_or(0, |p| p.ready())
+    }
+
     /// Signatures made with a pooled nonce, by every key sharing this key's pool.
     pub fn pooled_signatures(&self) -> u64 {
         self.nonces.as_ref().map_or(0, |p| p.used())

@@ -56,6 +56,9 @@ pub struct NoncePool {
     ready: Arc<Mutex<Receiver<Nonce>>>,
     /// Signatures made with a nonce from this pool.
     used: Arc<AtomicU64>,
+    /// Nonces the thread has put in the pool, and nonces taken out of it.
+    made: Arc<AtomicU64>,
+    taken: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for NoncePool {
@@ -72,12 +75,18 @@ impl NoncePool {
 
     fn start_thread(size: usize) -> std::io::Result<(NoncePool, std::thread::JoinHandle<()>)> {
         let (tx, rx) = std::sync::mpsc::sync_channel(size.max(1));
+        let made = Arc::new(AtomicU64::new(0));
         let thread = std::thread::Builder::new()
             .name("ccl-nonces".into())
-            .spawn(move || fill(tx))?;
+            .spawn({
+                let made = made.clone();
+                move || fill(tx, &made)
+            })?;
         let pool = NoncePool {
             ready: Arc::new(Mutex::new(rx)),
             used: Arc::new(AtomicU64::new(0)),
+            made,
+            taken: Arc::new(AtomicU64::new(0)),
         };
         Ok((pool, thread))
     }
@@ -87,12 +96,21 @@ impl NoncePool {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Nonces ready now (at least: the thread may be adding one).
+    pub fn ready(&self) -> u64 {
+        let taken = self.taken.load(Ordering::Acquire);
+        self.made.load(Ordering::Acquire).saturating_sub(taken)
+    }
+
     fn take(&self) -> Option<Nonce> {
-        self.ready
+        let nonce = self
+            .ready
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .try_recv()
-            .ok()
+            .ok()?;
+        self.taken.fetch_add(1, Ordering::Release);
+        Some(nonce)
     }
 
     /// Signs a 48-byte digest (a SHA-384 hash, or a shorter digest left-padded with zeros)
@@ -117,7 +135,7 @@ impl NoncePool {
 
 /// The pool's thread: computes nonces until the pool is full, waits for room, and ends when
 /// every handle to the pool is gone.
-fn fill(tx: SyncSender<Nonce>) {
+fn fill(tx: SyncSender<Nonce>, made: &AtomicU64) {
     loop {
         let Some(nonce) = Nonce::generate() else {
             continue;
@@ -131,6 +149,7 @@ fn fill(tx: SyncSender<Nonce>) {
             }
             Err(TrySendError::Disconnected(_)) => return,
         }
+        made.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -143,15 +162,18 @@ mod tests {
     /// Signs `root` with a pooled nonce, waiting for the pool's thread to make one.
     fn sign_pooled(key: &SigningKey, root: &[u8]) -> Vec<u8> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let before = key.pooled_signatures();
-            let der = key.sign_prehashed(root).unwrap();
-            if key.pooled_signatures() == before + 1 {
-                return der;
-            }
+        while key.nonces_ready() == 0 {
             assert!(Instant::now() < deadline, "the pool never filled");
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
+        let before = key.pooled_signatures();
+        let der = key.sign_prehashed(root).unwrap();
+        assert_eq!(
+            key.pooled_signatures(),
+            before + 1,
+            "a ready nonce was not used"
+        );
+        der
     }
 
     #[test]

@@ -119,6 +119,8 @@ struct Verifier<'o> {
     last_view: u64,
     last_sig: u64,
     report: VerifyReport,
+    /// Read buffers, reused from one chunk's window to the next.
+    blocks: Blocks,
 }
 
 /// Verifies the ledger in `dir`. `progress(done, total)` is called as bytes are verified.
@@ -224,6 +226,7 @@ fn verify_chunks(
         last_view: 0,
         last_sig: 0,
         report: VerifyReport::default(),
+        blocks: Blocks::default(),
     };
     v.frontier.append([0u8; 32]); // CCF's tree starts with an all-zero leaf: seqnos start at 1
     let mut done = 0u64;
@@ -344,7 +347,7 @@ impl Verifier<'_> {
             }
         };
         let mut pos = CHUNK_HEADER_SIZE as u64;
-        let mut win = Window::new(file, pos);
+        let mut win = Window::new(file, pos, end, &self.blocks);
         let mut index = 0usize;
         let mut last_was_signature = false;
         let mut since_progress = 0u64;
@@ -742,49 +745,108 @@ impl Verifier<'_> {
     }
 }
 
-/// Reads a file forward in large blocks and hands out contiguous slices of it: one copy from the
-/// kernel, none after.
+/// Reads a file forward in large blocks and hands out contiguous slices of it. The reading (the
+/// kernel's copy from the page cache, about as costly as hashing the bytes) is done ahead by a
+/// thread of its own, so that it overlaps the verification of the blocks before.
 struct Window {
-    file: File,
+    blocks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    /// Blocks consumed go back here, for the reader to fill again.
+    spare: Blocks,
     buf: Vec<u8>,
     lo: usize,
     hi: usize,
-    /// File offset of `buf[hi]`.
-    file_pos: u64,
 }
 
+/// Read buffers of `READ_BUFFER` bytes, kept for reuse: fresh ones would cost a page fault and
+/// the zeroing of a page every 4 KiB.
+#[derive(Clone, Default)]
+struct Blocks(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl Blocks {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, block: Vec<u8>) {
+        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() <= READ_AHEAD_BLOCKS {
+            spare.push(block);
+        }
+    }
+}
+
+/// Blocks (`READ_BUFFER` bytes each) read ahead of the verification.
+const READ_AHEAD_BLOCKS: usize = 2;
+
 impl Window {
-    fn new(file: File, start: u64) -> Self {
+    /// A window on the bytes of `file` from offset `start` to `end`.
+    fn new(file: File, start: u64, end: u64, spare: &Blocks) -> Self {
+        let (tx, blocks) = std::sync::mpsc::sync_channel(READ_AHEAD_BLOCKS);
+        let spares = spare.clone();
+        let reader = move || {
+            let mut pos = start;
+            while pos < end {
+                let mut block = spares.take();
+                block.resize(READ_BUFFER.min((end - pos) as usize), 0);
+                let read = match std::os::unix::fs::FileExt::read_at(&file, &mut block, pos) {
+                    Ok(0) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Ok(got) => {
+                        block.truncate(got);
+                        pos += got as u64;
+                        Ok(block)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                        spares.give(block);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                };
+                let failed = read.is_err();
+                if tx.send(read).is_err() || failed {
+                    return;
+                }
+            }
+        };
+        let blocks = match std::thread::Builder::new()
+            .name("ccl-read-ahead".into())
+            .spawn(reader)
+        {
+            Ok(_) => blocks,
+            Err(e) => {
+                // No thread: the window reports the failure at its first read.
+                let (tx, blocks) = std::sync::mpsc::sync_channel(1);
+                let _ = tx.send(Err(e));
+                blocks
+            }
+        };
         Window {
-            file,
-            buf: vec![0u8; READ_BUFFER * 4],
+            blocks,
+            spare: spare.clone(),
+            buf: Vec::with_capacity(READ_BUFFER * 2),
             lo: 0,
             hi: 0,
-            file_pos: start,
         }
     }
 
     /// The next `n` bytes (without consuming them).
     fn get(&mut self, n: usize) -> std::io::Result<&[u8]> {
-        if self.hi - self.lo < n {
+        while self.hi - self.lo < n {
             self.buf.copy_within(self.lo..self.hi, 0);
             self.hi -= self.lo;
             self.lo = 0;
-            if self.buf.len() < n {
-                self.buf.resize(n, 0);
-            }
-            while self.hi < n {
-                let got = std::os::unix::fs::FileExt::read_at(
-                    &self.file,
-                    &mut self.buf[self.hi..],
-                    self.file_pos,
-                )?;
-                if got == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                self.hi += got;
-                self.file_pos += got as u64;
-            }
+            self.buf.truncate(self.hi);
+            let block = match self.blocks.recv() {
+                Ok(block) => block?,
+                // The reader stopped at the end of the range.
+                Err(_) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            };
+            self.buf.extend_from_slice(&block);
+            self.hi = self.buf.len();
+            self.spare.give(block);
         }
         Ok(&self.buf[self.lo..self.lo + n])
     }

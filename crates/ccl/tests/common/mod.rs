@@ -129,6 +129,12 @@ pub fn build(dir: &Path, txs: u64, sig_every: u64, chunk_size: u64, open_tail: b
         |_| Ok(()),
     )
     .expect("create");
+    // Signatures with pooled nonces, so that CCF's validator checks those too: wait for the
+    // pool's first nonces (its thread builds a table first).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while engine.identity().node_key.nonces_ready() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let mut claims = Vec::new();
     let write = |engine: &mut Engine, claims: &mut Vec<_>, i: u64| {
         let mut tx = engine.store().begin();
