@@ -248,7 +248,9 @@ pub struct Engine {
 /// A node certificate found endorsed by a service certificate, and its key.
 struct EndorsedSigner {
     node_cert: String,
-    service_der: Vec<u8>,
+    /// The service certificate recorded in the store when the endorsement was checked (`None`:
+    /// none recorded, this node's own service certificate was used).
+    service_pem: Option<String>,
     key: ccl_crypto::keys::VerifyingKey,
 }
 
@@ -574,18 +576,21 @@ impl Engine {
             ));
         }
         // The service of that point of the ledger: before a disaster recovery, the previous one.
-        let recorded = self
+        let recorded_pem = self
             .store
-            .state()
             .get(tables::SERVICE_INFO, &tables::SINGLETON_KEY)
             .and_then(|v| serde_json::from_slice::<ServiceInfo>(&v.value).ok())
-            .and_then(|i| ccl_crypto::cert::Certificate::from_pem(&i.cert).ok());
-        let service = recorded.as_ref().unwrap_or(&self.identity.service_cert);
+            .map(|i| i.cert);
         // The primary signs with the same certificate until it changes: its endorsement is
-        // checked once per (node certificate, service certificate) pair.
+        // checked once per (node certificate, service certificate) pair, and the certificates
+        // are parsed only then.
         let key = match &self.endorsed_signer {
-            Some(e) if e.node_cert == ps.cert && e.service_der == service.der() => e.key.clone(),
+            Some(e) if e.node_cert == ps.cert && e.service_pem == recorded_pem => e.key.clone(),
             _ => {
+                let recorded = recorded_pem
+                    .as_deref()
+                    .and_then(|p| ccl_crypto::cert::Certificate::from_pem(p).ok());
+                let service = recorded.as_ref().unwrap_or(&self.identity.service_cert);
                 let cert = ccl_crypto::cert::Certificate::from_pem(&ps.cert)
                     .map_err(|_| bad("node certificate does not parse"))?;
                 cert.verify_issued_by(service)
@@ -595,7 +600,7 @@ impl Engine {
                     .map_err(|_| bad("node certificate has no usable key"))?;
                 self.endorsed_signer = Some(EndorsedSigner {
                     node_cert: ps.cert.clone(),
-                    service_der: service.der().to_vec(),
+                    service_pem: recorded_pem,
                     key: key.clone(),
                 });
                 key
