@@ -379,13 +379,15 @@ impl VerifyingKey {
 
     /// Verifies a DER ECDSA signature over SHA-256(`msg`): the same check as
     /// `verify_prehashed(&sha256(msg), sig)` when the caller knows the digest's preimage (a
-    /// Merkle root is the hash of its two children), done by ring, which is faster.
+    /// Merkle root is the hash of its two children), done by ring (faster than the pure-Rust
+    /// prehashed check) until the key has a table of its own.
     pub fn verify_der_sha256(&self, msg: &[u8], sig_der: &[u8]) -> Result<()> {
         self.verify_der(msg, sig_der, HashAlg::Sha256)
     }
 
-    /// Verifies a DER ECDSA signature over `msg` hashed with `hash` (ring: about twice as fast
-    /// as the pure-Rust curves, and ring has every curve/hash pair of `Curve` and `HashAlg`).
+    /// Verifies a DER ECDSA signature over `msg` hashed with `hash`: with the key's table once a
+    /// P-384 key has one ([`crate::p384_table`]), else with ring (about twice as fast as the
+    /// pure-Rust curves, and ring has every curve/hash pair of `Curve` and `HashAlg`).
     pub fn verify_der(&self, msg: &[u8], sig_der: &[u8], hash: HashAlg) -> Result<()> {
         if self.curve() == Curve::P384
             && let Some(r) = self.verify_with_table(&hash.digest(msg), TableSig::Der(sig_der))
@@ -419,7 +421,7 @@ impl VerifyingKey {
         {
             return r;
         }
-        // ring: several times faster than the pure-Rust curves for whole-message verification.
+        // Else ring: several times faster than the pure-Rust curves for whole messages.
         let alg: &dyn ring::signature::VerificationAlgorithm = match self {
             VerifyingKey::P256(_) => &ring::signature::ECDSA_P256_SHA256_FIXED,
             VerifyingKey::P384(_) => &ring::signature::ECDSA_P384_SHA384_FIXED,

@@ -3,11 +3,11 @@
 //! An ECDSA signature is `r = x(k·G) mod n`, `s = k⁻¹·(z + r·d) mod n` for a fresh random nonce
 //! `k`. Almost all of its cost (about 0.5 ms on P-384) is the point multiplication `k·G` and the
 //! inversions, and none of that depends on the message or on the key. A [`NoncePool`] computes
-//! `(k⁻¹, r)` pairs ahead of time on a thread of its own; signing with one is two scalar
-//! multiplications; `k·G` itself uses the generator's table ([`crate::p384_table`]). A node
-//! signs a Merkle root twice per signature transaction (its own key and
-//! the service's COSE signature) while it holds the engine's lock, so this takes about 1 ms of
-//! P-384 off the write path of every signature.
+//! `(k⁻¹, r)` pairs ahead of time on a thread of its own (`k·G` from the generator's table in
+//! [`crate::p384_table`]); signing with one is two scalar multiplications. A node signs a
+//! Merkle root twice per signature transaction (its own key and the service's COSE signature)
+//! while it holds the engine's lock, so this takes about 0.9 ms of P-384 off the write path of
+//! every signature.
 //!
 //! Each pair is handed out once (it moves out of a channel) and wiped when dropped; reusing a
 //! nonce would reveal the key. When the pool is empty, signing falls back to the ordinary path,
@@ -17,13 +17,9 @@ use p384::elliptic_curve::ops::Reduce;
 use p384::elliptic_curve::point::AffineCoordinates;
 use p384::{FieldBytes, NonZeroScalar, Scalar, U384};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroize;
-
-/// Nonces a pool keeps ready: enough for a burst of signatures (two per signature
-/// transaction) at one per millisecond for this long while the thread catches up.
-pub const DEFAULT_NONCE_POOL_SIZE: usize = 64;
 
 /// One nonce's precomputed part: `k⁻¹ mod n` and `r = x(k·G) mod n`.
 struct Nonce {
@@ -140,14 +136,8 @@ fn fill(tx: SyncSender<Nonce>, made: &AtomicU64) {
         let Some(nonce) = Nonce::generate() else {
             continue;
         };
-        match tx.try_send(nonce) {
-            Ok(()) => {}
-            Err(TrySendError::Full(nonce)) => {
-                if tx.send(nonce).is_err() {
-                    return;
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => return,
+        if tx.send(nonce).is_err() {
+            return;
         }
         made.fetch_add(1, Ordering::Release);
     }

@@ -50,7 +50,7 @@ pub const DEFAULT_SIGNATURE_MIN_INTERVAL: Duration = Duration::from_millis(5);
 pub const DEFAULT_SNAPSHOT_INTERVAL_TXS: u64 = 100_000;
 /// P-384 nonces an engine keeps precomputed: a signature transaction takes two, and signatures
 /// come at most every `DEFAULT_SIGNATURE_MIN_INTERVAL`, so 16 cover a burst of 8 while the
-/// pool's thread (about 0.5 ms a nonce) refills.
+/// pool's thread (about 0.17 ms a nonce) refills.
 pub const DEFAULT_PRESIGNED_NONCES: usize = 16;
 
 /// Subdirectories of a node's data directory.
