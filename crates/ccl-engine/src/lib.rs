@@ -186,14 +186,12 @@ struct SnapshotsInFlight {
 }
 
 impl SnapshotsInFlight {
-    /// Keeps the encoded snapshot at `seqno` until its evidence (dropping the oldest beyond
-    /// [`MAX_SNAPSHOTS_WAITING`]).
+    /// Keeps the encoded snapshot at `seqno` until its evidence (see `Engine::collect_snapshots`
+    /// for what is dropped).
     fn push_encoded(&mut self, seqno: u64, bytes: Vec<u8>) {
         let hash = hex::encode(sha256(&bytes));
         self.encoded.push(EncodedSnapshot { seqno, bytes, hash });
-        if self.encoded.len() > MAX_SNAPSHOTS_WAITING {
-            self.encoded.remove(0);
-        }
+        self.encoded.sort_by_key(|s| s.seqno);
     }
 
     /// Whether the snapshot at `seqno` is being encoded or waits for its evidence.
@@ -855,7 +853,13 @@ impl Engine {
     /// Commits the evidence of every snapshot encoded and waiting (a primary's).
     fn write_snapshot_evidence(&mut self) -> Result<(), EngineError> {
         self.collect_snapshots(false);
-        for snap in std::mem::take(&mut self.snapshots_in_flight.encoded) {
+        // Evidence goes into the ledger in seqno order: a snapshot whose elder is still being
+        // encoded waits for it, so that a backup can drop what is older than an evidence.
+        let flight = &mut self.snapshots_in_flight;
+        let running = flight.seqnos.iter().min().copied().unwrap_or(u64::MAX);
+        let waiting = flight.encoded.iter().filter(|s| s.seqno > running).count();
+        let ready = flight.encoded.len() - waiting;
+        for snap in flight.encoded.drain(..ready).collect::<Vec<_>>() {
             let mut tx = self.store.begin();
             let ev = SnapshotEvidence {
                 hash: snap.hash,
@@ -983,7 +987,9 @@ impl Engine {
             flight.seqnos.retain(|s| *s != done.seqno);
             flight.push_encoded(done.seqno, done.bytes);
         }
+        let mut newest_evidence = 0;
         for (ev, evidence_seqno) in std::mem::take(&mut flight.evidence) {
+            newest_evidence = newest_evidence.max(ev.version);
             if let Some(i) = flight.encoded.iter().position(|s| s.seqno == ev.version) {
                 let snap = flight.encoded.remove(i);
                 if snap.hash == ev.hash {
@@ -1007,6 +1013,12 @@ impl Engine {
                 );
             }
         }
+        // The primary writes evidence in seqno order: an older snapshot gets none any more.
+        // Beyond that, the oldest go first, so that a primary that never writes evidence for
+        // this replica's snapshots (another interval) costs a bounded amount of memory.
+        flight.encoded.retain(|s| s.seqno > newest_evidence);
+        let excess = flight.encoded.len().saturating_sub(MAX_SNAPSHOTS_WAITING);
+        flight.encoded.drain(..excess);
     }
 
     /// Waits for the snapshots being encoded in the background and writes those whose evidence
@@ -1108,7 +1120,6 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .truncate_after(seqno + 1);
         self.last_sig_seqno = self.shared.last_signature_at_or_before(seqno);
-        self.pending_snapshots.retain(|p| p.evidence_seqno <= seqno);
         let flight = &mut self.snapshots_in_flight;
         if flight.seqnos.iter().any(|s| *s > seqno) {
             // Snapshots being encoded of states that are gone: their results are ignored.
@@ -1116,6 +1127,15 @@ impl Engine {
             flight.seqnos.clear();
         }
         flight.encoded.retain(|s| s.seqno <= seqno);
+        // A snapshot whose evidence is gone but whose state is not waits for evidence again
+        // (the next primary's log may well hold the same).
+        for p in std::mem::take(&mut self.pending_snapshots) {
+            if p.evidence_seqno <= seqno {
+                self.pending_snapshots.push(p);
+            } else if p.seqno <= seqno {
+                flight.push_encoded(p.seqno, p.bytes);
+            }
+        }
         flight.evidence.retain(|(_, e)| *e <= seqno);
         self.last_snapshot_seqno = self.last_snapshot_seqno.min(seqno);
         self.txs_since_sig = seqno - self.last_sig_seqno;
