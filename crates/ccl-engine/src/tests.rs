@@ -487,14 +487,28 @@ fn first_seqno_writing(e: &Engine, last: u64, map: &str) -> Option<u64> {
 
 #[test]
 fn a_backup_writes_the_same_snapshots_as_the_primary() {
+    // The backup encoding on threads (the evidence may come before or after an encoding is
+    // done), and at once (every encoding done before its evidence comes).
+    for in_background in [true, false] {
+        same_snapshots(in_background);
+    }
+}
+
+fn same_snapshots(in_background: bool) {
     let PrimaryAndBackup {
         dir,
         bdir,
         cfg,
         mut e,
-        mut b,
+        b,
         id,
     } = primary_and_backup();
+    drop(b);
+    let bcfg = EngineConfig {
+        snapshots_in_background: in_background,
+        ..cfg.clone()
+    };
+    let mut b = Engine::open(bdir.path(), bcfg, backup_identity(&id), secrets()).unwrap();
     write(&mut e, 0, 65);
     let last = e.finish().unwrap();
     e.commit_up_to(last).unwrap();
@@ -550,18 +564,33 @@ fn primary_with_a_snapshot() -> (PrimaryAndBackup, u64, u64) {
 
 #[test]
 fn a_backup_drops_a_snapshot_whose_evidence_is_rolled_back() {
+    // Encoded on a thread (usually still running when the evidence arrives), and at once (done
+    // before the evidence arrives: it is matched, then rolled back with it).
+    for in_background in [true, false] {
+        evidence_rolled_back(in_background);
+    }
+}
+
+fn evidence_rolled_back(in_background: bool) {
     // (The primary's directory must live as long as it does.)
     let (
         PrimaryAndBackup {
             dir: _dir,
             bdir,
             e,
-            mut b,
-            ..
+            b,
+            cfg,
+            id,
         },
         last,
         evidence,
     ) = primary_with_a_snapshot();
+    drop(b);
+    let cfg = EngineConfig {
+        snapshots_in_background: in_background,
+        ..cfg
+    };
+    let mut b = Engine::open(bdir.path(), cfg, backup_identity(&id), secrets()).unwrap();
     for s in 1..=evidence {
         b.append_replicated(&e.handle().raw_entry(s).unwrap())
             .unwrap();
