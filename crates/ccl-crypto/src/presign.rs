@@ -13,9 +13,8 @@
 //! nonce would reveal the key. When the pool is empty, signing falls back to the ordinary path,
 //! so a burst of signatures is never slower than without a pool.
 
-use p384::elliptic_curve::ops::Reduce;
 use p384::elliptic_curve::point::AffineCoordinates;
-use p384::{FieldBytes, NonZeroScalar, Scalar, U384};
+use p384::{FieldBytes, NonZeroScalar, Scalar};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -39,7 +38,7 @@ impl Nonce {
     fn generate() -> Option<Nonce> {
         let k = NonZeroScalar::random(&mut rand_core::OsRng);
         let point = crate::p384_table::generator().mul_secret(&k).to_affine();
-        let r = <Scalar as Reduce<U384>>::reduce_bytes(&point.x());
+        let r = crate::p384_table::reduce(&point.x());
         let k_inv = Option::<Scalar>::from(k.invert())?;
         (!bool::from(r.is_zero())).then_some(Nonce { k_inv, r })
     }
@@ -50,9 +49,8 @@ impl Nonce {
 #[derive(Clone)]
 pub struct NoncePool {
     ready: Arc<Mutex<Receiver<Nonce>>>,
-    /// Signatures made with a nonce from this pool.
-    used: Arc<AtomicU64>,
-    /// Nonces the thread has put in the pool, and nonces taken out of it.
+    /// Nonces the thread has put in the pool, and nonces taken out of it (each into one
+    /// signature).
     made: Arc<AtomicU64>,
     taken: Arc<AtomicU64>,
 }
@@ -80,16 +78,15 @@ impl NoncePool {
             })?;
         let pool = NoncePool {
             ready: Arc::new(Mutex::new(rx)),
-            used: Arc::new(AtomicU64::new(0)),
             made,
             taken: Arc::new(AtomicU64::new(0)),
         };
         Ok((pool, thread))
     }
 
-    /// How many signatures used a nonce from this pool.
+    /// How many signatures used a nonce from this pool (nonces taken: each goes into one).
     pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
+        self.taken.load(Ordering::Acquire)
     }
 
     /// Nonces ready now (at least: the thread may be adding one).
@@ -118,14 +115,12 @@ impl NoncePool {
         digest: &[u8; 48],
     ) -> Option<p384::ecdsa::Signature> {
         let nonce = self.take()?;
-        let z = <Scalar as Reduce<U384>>::reduce_bytes(&FieldBytes::from(*digest));
+        let z = crate::p384_table::reduce(&FieldBytes::from(*digest));
         let s = nonce.k_inv * (z + nonce.r * **d);
         if bool::from(s.is_zero()) {
             return None;
         }
-        let sig = p384::ecdsa::Signature::from_scalars(nonce.r, s).ok()?;
-        self.used.fetch_add(1, Ordering::Relaxed);
-        Some(sig)
+        p384::ecdsa::Signature::from_scalars(nonce.r, s).ok()
     }
 }
 
