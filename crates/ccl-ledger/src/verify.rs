@@ -752,9 +752,9 @@ struct Window {
     blocks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     /// Blocks consumed go back here, for the reader to fill again.
     spare: Blocks,
+    /// Bytes read and not yet consumed start at `lo`.
     buf: Vec<u8>,
     lo: usize,
-    hi: usize,
 }
 
 /// Read buffers of `READ_BUFFER` bytes, kept for reuse: fresh ones would cost a page fault and
@@ -828,31 +828,30 @@ impl Window {
             spare: spare.clone(),
             buf: Vec::with_capacity(READ_BUFFER * 2),
             lo: 0,
-            hi: 0,
         }
     }
 
     /// The next `n` bytes (without consuming them).
     fn get(&mut self, n: usize) -> std::io::Result<&[u8]> {
-        while self.hi - self.lo < n {
-            self.buf.copy_within(self.lo..self.hi, 0);
-            self.hi -= self.lo;
+        while self.buf.len() - self.lo < n {
+            self.buf.drain(..self.lo);
             self.lo = 0;
-            self.buf.truncate(self.hi);
             let block = match self.blocks.recv() {
                 Ok(block) => block?,
                 // The reader stopped at the end of the range.
                 Err(_) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
             };
             self.buf.extend_from_slice(&block);
-            self.hi = self.buf.len();
             self.spare.give(block);
         }
         Ok(&self.buf[self.lo..self.lo + n])
     }
 
     fn advance(&mut self, n: usize) {
-        assert!(self.lo + n <= self.hi, "advance within what was read");
+        assert!(
+            self.lo + n <= self.buf.len(),
+            "advance within what was read"
+        );
         self.lo += n;
     }
 }
