@@ -857,8 +857,8 @@ impl Engine {
         // encoded waits for it, so that a backup can drop what is older than an evidence.
         let flight = &mut self.snapshots_in_flight;
         let running = flight.seqnos.iter().min().copied().unwrap_or(u64::MAX);
-        let waiting = flight.encoded.iter().filter(|s| s.seqno > running).count();
-        let ready = flight.encoded.len() - waiting;
+        // (`encoded` is kept in seqno order.)
+        let ready = flight.encoded.partition_point(|s| s.seqno < running);
         for snap in flight.encoded.drain(..ready).collect::<Vec<_>>() {
             let mut tx = self.store.begin();
             let ev = SnapshotEvidence {
