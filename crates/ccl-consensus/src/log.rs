@@ -252,8 +252,9 @@ pub struct Replica {
     pub(crate) proposed: AtomicU64,
     /// The engine's committed seqno.
     commit: tokio::sync::watch::Sender<u64>,
-    /// The last seqno in this node's Raft log (durable), as it grows.
-    logged: tokio::sync::watch::Sender<u64>,
+    /// The last seqno replicated into this node's engine (readable here; durable once the
+    /// log's fsync that follows is done), as it grows.
+    appended: tokio::sync::watch::Sender<u64>,
 }
 
 impl Replica {
@@ -316,7 +317,7 @@ impl Replica {
             |a| side.membership_at(a.index),
         );
         let (commit, _) = tokio::sync::watch::channel(handle.committed_seqno());
-        let (logged, _) = tokio::sync::watch::channel(side.last_seqno());
+        let (appended, _) = tokio::sync::watch::channel(side.last_seqno());
         let replica = Arc::new(Replica {
             engine,
             handle,
@@ -328,7 +329,7 @@ impl Replica {
             wake: tokio::sync::Notify::new(),
             proposed: AtomicU64::new(0),
             commit,
-            logged,
+            appended,
         });
         // Weak: the engine (inside the replica) must not keep the replica alive.
         let weak = Arc::downgrade(&replica);
@@ -348,9 +349,10 @@ impl Replica {
         self.commit.subscribe()
     }
 
-    /// The last seqno of the Raft log, as it grows (for waiting on a write to reach this node).
-    pub fn watch_logged(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.logged.subscribe()
+    /// The last seqno replicated into this node's engine, as it grows (for waiting on a write
+    /// to be readable here: it is, before the log's fsync).
+    pub fn watch_appended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 
     /// Starts the log of a node that joined from a snapshot at `base` (written before Raft
@@ -478,7 +480,7 @@ impl Replica {
     /// Writes `entries` (in order, from the next index) to the engine and the side log, durably.
     async fn append_entries(self: &Arc<Self>, entries: Vec<Entry>) -> SResult<()> {
         let mut records = Vec::with_capacity(entries.len());
-        let sync = {
+        let (sync, appended) = {
             let mut e = self.engine();
             let side = self.side();
             let mut next = side.next_index();
@@ -534,8 +536,9 @@ impl Replica {
                 records.push(rec);
                 next += 1;
             }
-            e.sync_handle().map_err(log_error)?
+            (e.sync_handle().map_err(log_error)?, logged)
         };
+        self.appended.send_replace(appended);
         // The two fsyncs (ledger, then the side log naming what it holds) block: on a
         // multi-threaded runtime they run on a blocking thread, so that the async workers go on
         // serving requests meanwhile (Raft itself waits, as it must). On a current-thread
@@ -555,7 +558,6 @@ impl Replica {
         } else {
             durable(self).map_err(log_error)?;
         }
-        self.logged.send_replace(self.logged_seqno());
         // The proposer may be holding entries until this write was done.
         self.wake.notify_one();
         Ok(())

@@ -101,15 +101,15 @@ impl ApiError {
             "internal error",
         )
     }
+    /// The body of its answer: `{"error":{"code","message"}}`.
+    pub fn json(&self) -> Value {
+        json!({"error": {"code": self.code, "message": self.message}})
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            axum::Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        (self.status, axum::Json(self.json())).into_response()
     }
 }
 
@@ -1154,6 +1154,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "post",
         "/node/join",
         "Joining node (TLS client certificate = its node_cert; attestation evidence checked)",
+    ),
+    (
+        "post",
+        "/internal/forward",
+        "Trusted node (service-endorsed certificate)",
     ),
     (
         "post",

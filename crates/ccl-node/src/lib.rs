@@ -9,6 +9,7 @@
 pub mod access;
 pub mod api;
 pub mod batch;
+pub mod forward;
 pub mod gov;
 pub mod init;
 pub mod join;
@@ -119,7 +120,7 @@ pub struct Shared {
     /// Certificate ids of nodes already checked: certificate id -> node id.
     pub node_certs: Mutex<std::collections::HashMap<String, String>>,
     /// Connections to the primary, for forwarded writes.
-    pub forwarder: replication::Forwarder,
+    pub forwarder: forward::Forwarder,
     pub handle: EngineHandle,
     pub service_cert_pem: String,
     pub node_id: String,
@@ -288,7 +289,7 @@ pub fn open(cfg: &NodeConfig) -> Result<(Arc<Shared>, Option<init::Created>), No
     let replica = Replica::open(engine.clone(), dir)?;
     let shared = Arc::new(Shared {
         handle,
-        forwarder: replication::Forwarder::new(service_cert_pem.clone(), identity_pem),
+        forwarder: forward::Forwarder::new(service_cert_pem.clone(), identity_pem),
         service_cert_pem,
         node_id,
         engine,
@@ -452,7 +453,7 @@ pub async fn serve(
     while shared.network_size() <= 1 && !shared.is_primary() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let app = api::router(shared.clone());
+    let app = forward::with_batches(api::router(shared.clone()), shared.clone());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {

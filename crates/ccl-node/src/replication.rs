@@ -2,8 +2,9 @@
 //! Raft's membership in step with the nodes map, forwarding writes from a backup to the primary.
 
 use crate::api::{ApiError, Caller};
+use crate::forward::{FromBatch, no_primary};
 use crate::{NodeConfig, NodeError, Shared};
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -14,30 +15,13 @@ use ccl_consensus::openraft::ChangeMembers;
 use ccl_consensus::{NodeAddr, Raft, raft_config, raft_id};
 use ccl_ledger::tables::{self, NodeInfo, NodeStatus};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Header a backup adds when it forwards a request: the caller's certificate id ("-": none).
-/// Believed only from a trusted node.
-pub const FORWARDED_CALLER: &str = "x-ccl-forwarded-caller";
-/// Header of the primary's answer to a forwarded request: the last transaction id after it ran.
-/// The forwarding node waits until it has that transaction before answering, so that a client
-/// reads its own writes on the node it talks to.
-pub const SEEN_TXID: &str = "x-ccl-seen-txid";
-/// How long a backup waits for a forwarded write to reach it.
-pub const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
 /// How often the primary compares Raft's membership with the nodes map.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
 /// A learner within this many Raft entries of the primary is made a voter.
 pub const CAUGHT_UP_ENTRIES: u64 = 8;
-/// A forwarded request gives up after this long.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle connections kept to the primary. A forwarded request holds one connection until
-/// answered, so under load a backup needs about as many as the clients it serves: beyond the
-/// pool, each request would pay a new TLS handshake (with P-384 certificates, milliseconds of
-/// CPU on both sides; with 170 clients per backup this once cut the network's throughput by
-/// half).
-pub const FORWARD_POOL: usize = 1024;
 /// A voter that has known no leader this long calls an election at a random moment (see
 /// `unstick_elections`).
 pub const STUCK_ELECTION: Duration =
@@ -339,7 +323,8 @@ fn raft_of(shared: &Shared) -> Result<&Raft, ApiError> {
     })
 }
 
-fn rpc_caller(shared: &Shared, caller: &Caller) -> Result<(), ApiError> {
+/// Admits trusted nodes only (401 without a certificate, 403 with another).
+pub(crate) fn rpc_caller(shared: &Shared, caller: &Caller) -> Result<(), ApiError> {
     if let Some(node) = trusted_node(shared, caller) {
         if raft_id(&node).is_some_and(ccl_consensus::faults::blocked) {
             return Err(ApiError::new(
@@ -353,13 +338,13 @@ fn rpc_caller(shared: &Shared, caller: &Caller) -> Result<(), ApiError> {
         Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
-            "Raft RPCs are for trusted nodes (their service-endorsed certificate)",
+            "internal RPCs are for trusted nodes (their service-endorsed certificate)",
         ))
     } else {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "Forbidden",
-            "Raft RPCs are for trusted nodes (their service-endorsed certificate)",
+            "internal RPCs are for trusted nodes (their service-endorsed certificate)",
         ))
     }
 }
@@ -429,92 +414,15 @@ pub fn primary(shared: &Shared) -> Option<NodeAddr> {
     m.membership_config.membership().get_node(&leader).cloned()
 }
 
-/// Keep-alive connections to the primary, by address.
-pub struct Forwarder {
-    service_cert_pem: String,
-    identity_pem: String,
-    pool: Mutex<HashMap<String, (ccl_client::Client, Vec<ccl_client::Connection>)>>,
-}
-
-impl Forwarder {
-    pub fn new(service_cert_pem: String, identity_pem: String) -> Self {
-        Forwarder {
-            service_cert_pem,
-            identity_pem,
-            pool: Mutex::new(HashMap::new()),
-        }
-    }
-
-    async fn send(
-        &self,
-        address: &str,
-        req: ccl_client::RawRequest,
-    ) -> Result<ccl_client::Response, ccl_client::ClientError> {
-        let (client, conn) = {
-            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            match pool.get_mut(address) {
-                Some((c, conns)) => (c.clone(), conns.pop()),
-                None => {
-                    let c = ccl_client::Client::new(
-                        &format!("https://{address}"),
-                        &self.service_cert_pem,
-                        Some(&self.identity_pem),
-                    )?;
-                    pool.insert(address.to_string(), (c.clone(), Vec::new()));
-                    (c, None)
-                }
-            }
-        };
-        let mut conn = match conn {
-            Some(c) => c,
-            None => client.connect().await?,
-        };
-        let r = conn.send_raw(req).await?;
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, conns)) = pool.get_mut(address)
-            && conns.len() < FORWARD_POOL
-        {
-            conns.push(conn);
-        }
-        Ok(r)
-    }
-}
-
-/// Middleware: on a backup, writes go to the primary (the client gets the primary's answer);
-/// on the primary, a forwarded request runs as the caller the forwarding node names.
-pub async fn route_writes(
-    State(shared): State<Arc<Shared>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let caller = req.extensions().get::<Caller>().cloned();
-    if let Some(fwd) = req.headers().get(FORWARDED_CALLER).cloned() {
-        if !caller.as_ref().is_some_and(|c| is_trusted_node(&shared, c)) {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "NotANode",
-                "only trusted nodes forward requests",
-            )
-            .into_response();
-        }
+/// Middleware: on a backup, writes go to the primary (the client gets the primary's answer,
+/// [`crate::forward`]); a request the primary runs from a backup's batch is never forwarded.
+pub async fn route_writes(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    if req.extensions().get::<FromBatch>().is_some() {
+        // Forwarded to this node as the primary: never forwarded again.
         if !shared.is_primary() {
             return no_primary("this node is no longer the primary");
         }
-        let id = fwd.to_str().unwrap_or("-");
-        let cert_id = (id != "-" && id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| id.to_ascii_lowercase());
-        req.headers_mut().remove(FORWARDED_CALLER);
-        req.extensions_mut().insert(Caller {
-            cert_id,
-            cert: None,
-        });
-        let mut resp = next.run(req).await;
-        let last = shared.handle.last_seqno();
-        let seen = format!("{}.{last}", shared.handle.view_of(last).unwrap_or(0));
-        if let Ok(v) = HeaderValue::from_str(&seen) {
-            resp.headers_mut().insert(SEEN_TXID, v);
-        }
-        return resp;
+        return next.run(req).await;
     }
     let is_write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if !is_write || req.uri().path().starts_with("/internal/") || shared.is_primary() {
@@ -538,95 +446,9 @@ pub async fn route_writes(
     if raft_id(&primary.node_id).is_some_and(ccl_consensus::faults::blocked) {
         return no_primary("the primary cannot be reached (test partition)");
     }
-    forward(&shared, &primary, caller, req).await
-}
-
-fn no_primary(why: &str) -> Response {
-    let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NoPrimary", why).into_response();
-    r.headers_mut()
-        .insert("retry-after", HeaderValue::from_static("1"));
-    r
-}
-
-async fn forward(
-    shared: &Shared,
-    primary: &NodeAddr,
-    caller: Option<Caller>,
-    req: Request,
-) -> Response {
-    let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, crate::api::MAX_FORWARDED_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            return ApiError::bad("RequestTooLarge", "the request body is too large")
-                .into_response();
-        }
-    };
-    let mut headers = Vec::new();
-    for (k, v) in parts.headers.iter() {
-        if k == axum::http::header::HOST || k.as_str() == FORWARDED_CALLER {
-            continue;
-        }
-        if let Ok(v) = v.to_str() {
-            headers.push((k.as_str().to_string(), v.to_string()));
-        }
-    }
-    let cert_id = caller.and_then(|c| c.cert_id).unwrap_or_else(|| "-".into());
-    headers.push((FORWARDED_CALLER.to_string(), cert_id));
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path().to_string(), |p| p.to_string());
-    let raw = ccl_client::RawRequest {
-        method: parts.method.clone(),
-        path,
-        headers,
-        body: body.to_vec(),
-    };
-    let r = tokio::time::timeout(
-        FORWARD_TIMEOUT,
-        shared.forwarder.send(&primary.rpc_address, raw),
-    )
-    .await;
-    match r {
-        Ok(Ok(resp)) => {
-            if let Some(seen) = resp
-                .headers
-                .get(SEEN_TXID)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|t| t.parse::<ccl_ledger::txid::TxId>().ok())
-            {
-                // Woken as this node's log grows, not polled.
-                let mut logged = shared.replica.watch_logged();
-                let _ = tokio::time::timeout(READ_YOUR_WRITES_WAIT, async {
-                    while shared.handle.tx_status(seen) == ccl_engine::TxStatus::Unknown {
-                        if logged.changed().await.is_err() {
-                            tokio::time::sleep(Duration::from_millis(2)).await;
-                        }
-                    }
-                })
-                .await;
-            }
-            let mut out = Response::builder().status(resp.status);
-            for (k, v) in resp.headers.iter() {
-                if k.as_str() == SEEN_TXID {
-                    continue;
-                }
-                if k == axum::http::header::CONTENT_LENGTH
-                    || k == axum::http::header::TRANSFER_ENCODING
-                    || k == axum::http::header::CONNECTION
-                {
-                    continue;
-                }
-                out = out.header(k, v);
-            }
-            out.body(Body::from(resp.body))
-                .unwrap_or_else(|e| ApiError::internal(e).into_response())
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(primary = %primary, error = %e, "forwarding");
-            no_primary("the primary could not be reached")
-        }
-        Err(_) => no_primary("the primary did not answer in time"),
+    let caller = req.extensions().get::<Caller>().cloned();
+    match crate::forward::prepare(caller, req).await {
+        Ok(request) => crate::forward::forward(&shared, &primary.rpc_address, request).await,
+        Err(refused) => refused,
     }
 }

@@ -75,12 +75,13 @@ enum What {
         /// Bytes per entry (ccl: the entry's contents; etcd: the value).
         #[arg(long, default_value_t = 1024)]
         payload: usize,
-        /// Where ccl's clients connect: all (spread over every node, backups first: backups
-        /// forward writes to the primary), primary, or both (all,primary; ratios use the first).
+        /// Where the clients connect: all (spread over every node, backups first: backups
+        /// forward writes to the primary; etcd's spread over every member), primary (etcd's on
+        /// its leader), or both (all,primary). Each placement gets its own etcd run and ratio.
         #[arg(long, value_delimiter = ',', default_value = "all,primary")]
         to: Vec<crate::bench_net::To>,
-        /// etcd client URLs (http://host:port,...): the same runs against etcd, clients spread
-        /// over them.
+        /// etcd client URLs (http://host:port,...): the same runs against etcd, its clients
+        /// placed as ccl's.
         #[arg(long, value_delimiter = ',')]
         etcd: Vec<String>,
         /// An extra argument for `ccl start --nodes N` (repeatable), e.g.

@@ -10,6 +10,10 @@
 //! write whose seqno the commit has passed: latency is from sending a write to seeing its
 //! commit. etcd: each client is one plain HTTP/1.1 connection; a put answers once the entry is
 //! committed by a majority and applied, so latency is the response time.
+//!
+//! Placement is like for like: clients spread over every ccl node are compared with clients
+//! spread over every etcd member (a ccl backup forwards writes to the primary, an etcd follower
+//! forwards proposals to the leader), and clients on ccl's primary with clients on etcd's leader.
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -37,6 +41,22 @@ impl To {
         match self {
             To::All => "all nodes",
             To::Primary => "primary",
+        }
+    }
+
+    /// Where etcd's clients go for the same placement.
+    fn etcd_name(self) -> &'static str {
+        match self {
+            To::All => "all members",
+            To::Primary => "leader",
+        }
+    }
+
+    /// The table's placement column.
+    fn placement(self) -> &'static str {
+        match self {
+            To::All => "spread over all nodes",
+            To::Primary => "on the primary (etcd: leader)",
         }
     }
 }
@@ -118,100 +138,98 @@ async fn bench(net: &mut Network, o: &Options<'_>) -> Result<()> {
         );
     }
     let d = Duration::from_secs(o.seconds);
+    // One row per client count and placement: ccl, then etcd with its clients placed alike
+    // (spread over every member, or all on its leader), so that each ratio is like for like.
     let mut rows = Vec::new();
     let mut json_runs = Vec::new();
-    for (k, &n) in o.clients.iter().enumerate() {
-        let mut ccl = Vec::new();
+    let mut etcd_runs = 0;
+    for &n in o.clients {
         for &to in o.to {
             let r = ccl_run(&ready, to, n, d, &payload).await?;
             eprintln!("ccl -> {}, {n} clients: {}", to.name(), r.line());
-            ccl.push((to, r));
-        }
-        let e = match &etcd {
-            Some(e) => {
-                let r = etcd_run(e, n, d, &payload, k).await?;
-                eprintln!("etcd, {n} clients: {}", r.line());
-                Some(r)
+            let e = match &etcd {
+                Some(e) => {
+                    let endpoints = match to {
+                        To::All => e.endpoints.clone(),
+                        To::Primary => vec![e.leader().await?],
+                    };
+                    etcd_runs += 1;
+                    let r = etcd_run(&endpoints, n, d, &payload, etcd_runs).await?;
+                    eprintln!("etcd -> {}, {n} clients: {}", to.etcd_name(), r.line());
+                    Some(r)
+                }
+                None => None,
+            };
+            let mut run = json!({"clients": n, "placement": format!("{to:?}").to_lowercase(), "ccl": r.json()});
+            if let Some(e) = &e {
+                run["etcd"] = e.json();
+                run["ccl_over_etcd_writes_per_sec"] = json!(r.per_sec / e.per_sec);
+                run["ccl_over_etcd_p99"] = json!(r.p99_ms / e.p99_ms);
             }
-            None => None,
-        };
-        let mut run = json!({"clients": n});
-        for (to, r) in &ccl {
-            run[format!("ccl_{}", format!("{to:?}").to_lowercase())] = r.json();
+            json_runs.push(run);
+            rows.push((n, to, r, e));
         }
-        if let Some(e) = &e {
-            run["etcd"] = e.json();
-            let main = &ccl[0].1;
-            run["ccl_over_etcd_writes_per_sec"] = json!(main.per_sec / e.per_sec);
-            run["ccl_over_etcd_p99"] = json!(main.p99_ms / e.p99_ms);
-        }
-        json_runs.push(run);
-        rows.push((n, ccl, e));
     }
 
-    // One table: ccl (each placement), etcd, ratios of the first placement to etcd.
-    let mut head = vec!["clients".to_string()];
-    for &to in o.to {
-        let t = to.name();
-        head.extend([
-            format!("ccl ({t}) writes/s"),
-            "p50".into(),
-            "p99".into(),
-            "p99.9".into(),
-        ]);
-    }
+    let mut head: Vec<String> = [
+        "clients",
+        "placement",
+        "ccl writes/s",
+        "p50",
+        "p99",
+        "p99.9",
+    ]
+    .map(String::from)
+    .into();
     if etcd.is_some() {
-        head.extend([
-            "etcd writes/s".into(),
-            "p50".into(),
-            "p99".into(),
-            "p99.9".into(),
-            format!("ccl ({}) / etcd writes/s", o.to[0].name()),
-            "ccl / etcd p99".into(),
-        ]);
+        head.extend(
+            [
+                "etcd writes/s",
+                "p50",
+                "p99",
+                "p99.9",
+                "ccl / etcd writes/s",
+                "ccl / etcd p99",
+            ]
+            .map(String::from),
+        );
     }
     println!();
     println!("| {} |", head.join(" | "));
     println!("|{}", "---|".repeat(head.len()));
-    for (n, ccl, e) in &rows {
-        let mut cells = vec![n.to_string()];
-        for (_, r) in ccl {
-            cells.extend(r.cells());
-        }
+    for (n, to, r, e) in &rows {
+        let mut cells = vec![n.to_string(), to.placement().to_string()];
+        cells.extend(r.cells());
         if let Some(e) = e {
             cells.extend(e.cells());
-            let main = &ccl[0].1;
-            cells.push(format!("{:.2}x", main.per_sec / e.per_sec));
-            cells.push(format!("{:.2}x", main.p99_ms / e.p99_ms));
+            cells.push(format!("{:.2}x", r.per_sec / e.per_sec));
+            cells.push(format!("{:.2}x", r.p99_ms / e.p99_ms));
         }
         println!("| {} |", cells.join(" | "));
     }
     let mut notes = Vec::new();
-    for (n, ccl, e) in &rows {
-        for (to, r) in ccl {
-            if r.errors > 0 || r.unconfirmed > 0 {
-                notes.push(format!(
-                    "ccl ({}), {n} clients: {} rejected writes, {} of {} sampled not Committed",
-                    to.name(),
-                    r.errors,
-                    r.unconfirmed,
-                    r.sampled
-                ));
-            }
+    for (n, to, r, e) in &rows {
+        if r.errors > 0 || r.unconfirmed > 0 {
+            notes.push(format!(
+                "ccl ({}), {n} clients: {} rejected writes, {} of {} sampled not Committed",
+                to.name(),
+                r.errors,
+                r.unconfirmed,
+                r.sampled
+            ));
         }
         if let Some(e) = e
             && (e.errors > 0 || e.unconfirmed > 0)
         {
             notes.push(format!(
-                "etcd, {n} clients: {} failed puts, {} acknowledged puts missing",
-                e.errors, e.unconfirmed
+                "etcd ({}), {n} clients: {} failed puts, {} acknowledged puts missing",
+                to.etcd_name(),
+                e.errors,
+                e.unconfirmed
             ));
         }
     }
-    let sampled: usize = rows
-        .iter()
-        .flat_map(|(_, c, _)| c.iter().map(|(_, r)| r.sampled))
-        .sum();
+    let sampled: usize = rows.iter().map(|(_, _, r, _)| r.sampled).sum();
     if notes.is_empty() {
         println!(
             "checks: {sampled} sampled ccl transaction ids Committed (status endpoint){}",
@@ -730,6 +748,32 @@ impl Etcd {
         }
         Ok(Etcd { endpoints, version })
     }
+
+    /// The endpoint of the member that leads now (`/v3/maintenance/status`: the member whose id
+    /// is the leader's).
+    async fn leader(&self) -> Result<String> {
+        for e in &self.endpoints {
+            let mut s = etcd_connect(e)
+                .await
+                .with_context(|| format!("cannot reach etcd at {e}"))?;
+            let (st, body) = http(
+                &mut s,
+                e,
+                hyper::Method::POST,
+                "/v3/maintenance/status",
+                Some(b"{}".to_vec()),
+            )
+            .await?;
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if st != 200 {
+                bail!("etcd at {e}: status answered {st} {v}");
+            }
+            if v["leader"].is_string() && v["leader"] == v["header"]["member_id"] {
+                return Ok(e.clone());
+            }
+        }
+        bail!("no etcd member says it leads")
+    }
 }
 
 async fn etcd_connect(hostport: &str) -> Result<Sender> {
@@ -767,7 +811,7 @@ async fn http(
 
 /// One run against etcd: `n` writers for `d`, each put timed to its answer.
 async fn etcd_run(
-    etcd: &Etcd,
+    endpoints: &[String],
     n: usize,
     d: Duration,
     payload: &str,
@@ -782,7 +826,7 @@ async fn etcd_run(
     let value = base64(payload.as_bytes());
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
-        let e = etcd.endpoints[i % etcd.endpoints.len()].clone();
+        let e = endpoints[i % endpoints.len()].clone();
         conns.push((etcd_connect(&e).await?, e));
     }
     let errors = Arc::new(AtomicU64::new(0));
@@ -845,7 +889,7 @@ async fn etcd_run(
     let mut r = RunResult::from_latencies(latencies, elapsed);
     r.errors = errors.load(Ordering::Relaxed);
     // Every acknowledged put must be there: count the run's keys (a linearizable read).
-    let host = &etcd.endpoints[0];
+    let host = &endpoints[0];
     let mut s = etcd_connect(host).await?;
     let mut end = prefix.clone().into_bytes();
     *end.last_mut().expect("a prefix") += 1;
