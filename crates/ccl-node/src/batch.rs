@@ -192,7 +192,6 @@ fn execute(shared: &Shared, batch: Vec<Queued>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NodeConfig;
 
     fn write(user: &str, collection: &str, i: usize) -> EntryWrite {
         EntryWrite {
@@ -208,16 +207,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_writes_each_get_one_transaction_and_refusals_take_none() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let cfg = NodeConfig {
-            data_dir: dir.path().join("node"),
-            listen: "127.0.0.1:0".parse().expect("address"),
-            names: vec![],
-            engine: Default::default(),
-            generated_members: 1,
-            member_certs: vec![],
-            auto_open: true,
-            rpc_address: None,
-        };
+        let cfg = crate::test_config(
+            dir.path().join("node"),
+            "127.0.0.1:0".parse().expect("address"),
+        );
         let (shared, _) = tokio::task::spawn_blocking(move || crate::open(&cfg))
             .await
             .expect("open task")

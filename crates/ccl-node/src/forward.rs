@@ -563,7 +563,6 @@ fn request_of(r: Forwarded) -> Result<axum::extract::Request, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NodeConfig;
     use proptest::prelude::*;
 
     fn forwarded() -> impl Strategy<Value = Forwarded> {
@@ -673,16 +672,7 @@ mod tests {
             .await
             .expect("bind");
         let listen = listener.local_addr().expect("address");
-        let cfg = NodeConfig {
-            data_dir: dir.path().join("node"),
-            listen,
-            names: vec![],
-            engine: Default::default(),
-            generated_members: 1,
-            member_certs: vec![],
-            auto_open: true,
-            rpc_address: None,
-        };
+        let cfg = crate::test_config(dir.path().join("node"), listen);
         let c = cfg.clone();
         let (shared, _) = tokio::task::spawn_blocking(move || crate::open(&c))
             .await

@@ -47,6 +47,22 @@ pub mod maps {
     pub const COLLECTIONS: &str = "ccl.app.collections";
 }
 
+/// A new single-node service's configuration in `data_dir`, listening on `listen`, with one
+/// generated member and opened at once (unit tests).
+#[cfg(test)]
+pub(crate) fn test_config(data_dir: PathBuf, listen: SocketAddr) -> NodeConfig {
+    NodeConfig {
+        data_dir,
+        listen,
+        names: vec![],
+        engine: Default::default(),
+        generated_members: 1,
+        member_certs: vec![],
+        auto_open: true,
+        rpc_address: None,
+    }
+}
+
 /// Default address `ccl start` listens on.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 /// At shutdown, how long the primary waits for its last signature to commit.
