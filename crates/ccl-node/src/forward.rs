@@ -66,6 +66,15 @@ fn hop_by_hop(name: &HeaderName) -> bool {
         || name == header::CONNECTION
 }
 
+/// The end-to-end headers of a request or answer, to carry in a batch.
+fn carried_headers(headers: &axum::http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .filter(|(k, _)| !hop_by_hop(k))
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
 /// One client request, as the backup forwards it.
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
 pub struct Forwarded {
@@ -95,7 +104,7 @@ impl Forwarded {
 }
 
 /// The primary's answer to one forwarded request.
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, Vec<u8>)>,
@@ -103,7 +112,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn to_response(&self) -> Response {
+    fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
         let mut out = Response::builder().status(status);
         for (k, v) in &self.headers {
@@ -113,7 +122,7 @@ impl Answer {
                 out = out.header(k, v);
             }
         }
-        out.body(Body::from(self.body.clone()))
+        out.body(Body::from(self.body))
             .unwrap_or_else(|e| ApiError::internal(e).into_response())
     }
 }
@@ -128,10 +137,10 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn to_response(&self) -> Response {
+    fn into_response(self) -> Response {
         match self {
             Refusal::NoPrimary(why) => no_primary(why),
-            Refusal::Answer(a) => a.to_response(),
+            Refusal::Answer(a) => Arc::unwrap_or_clone(a).into_response(),
         }
     }
 }
@@ -159,12 +168,7 @@ pub async fn prepare(
         .map_err(|_| {
             ApiError::bad("RequestTooLarge", "the request body is too large").into_response()
         })?;
-    let headers = parts
-        .headers
-        .iter()
-        .filter(|(k, _)| !hop_by_hop(k))
-        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-        .collect();
+    let headers = carried_headers(&parts.headers);
     let path = parts
         .uri
         .path_and_query()
@@ -183,7 +187,7 @@ pub async fn prepare(
 pub async fn forward(shared: &Shared, address: &str, request: Forwarded) -> Response {
     let (answer, seen) = match shared.forwarder.send(address, request).await {
         Ok(r) => r,
-        Err(refused) => return refused.to_response(),
+        Err(refused) => return refused.into_response(),
     };
     if let Some(seen) = seen {
         // Woken as entries reach this node's engine, not polled.
@@ -197,7 +201,7 @@ pub async fn forward(shared: &Shared, address: &str, request: Forwarded) -> Resp
         })
         .await;
     }
-    answer.to_response()
+    answer.into_response()
 }
 
 type Reply = oneshot::Sender<Result<(Answer, Option<TxId>), Refusal>>;
@@ -393,11 +397,7 @@ impl Lane {
             // request gets that answer.
             return Err(Refusal::Answer(Arc::new(Answer {
                 status: resp.status.as_u16(),
-                headers: resp
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-                    .collect(),
+                headers: carried_headers(&resp.headers),
                 body: resp.body.to_vec(),
             })));
         }
@@ -504,12 +504,7 @@ async fn run(app: Router, r: Forwarded) -> Answer {
     match axum::body::to_bytes(body, MAX_FORWARDED_ANSWER).await {
         Ok(body) => Answer {
             status: parts.status.as_u16(),
-            headers: parts
-                .headers
-                .iter()
-                .filter(|(k, _)| !hop_by_hop(k))
-                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-                .collect(),
+            headers: carried_headers(&parts.headers),
             body: body.to_vec(),
         },
         Err(_) => error_answer(&ApiError::new(
