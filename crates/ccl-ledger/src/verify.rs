@@ -230,9 +230,14 @@ fn verify_chunks(
     };
     v.frontier.append([0u8; 32]); // CCF's tree starts with an all-zero leaf: seqnos start at 1
     let mut done = 0u64;
-    for name in names {
-        let path = dir.join(name.file_name());
-        v.chunk(name, &path, &mut |n| {
+    // The next chunk is opened (and read ahead) while the one before is verified; an error in
+    // opening it is reported only after the chunks before it verified.
+    let open = |v: &Verifier, name: &ChunkName| v.open(name, &dir.join(name.file_name()));
+    let mut next = names.first().map(|n| open(&v, n));
+    for (i, name) in names.iter().enumerate() {
+        let opened = next.take().expect("opened before")?;
+        next = names.get(i + 1).map(|n| open(&v, n));
+        v.chunk(name, opened, &mut |n| {
             done += n;
             progress(done, total);
         })?;
@@ -295,18 +300,10 @@ fn check_names(names: &[ChunkName]) -> Result<(), VerifyError> {
 }
 
 impl Verifier<'_> {
-    fn chunk(
-        &mut self,
-        name: &ChunkName,
-        path: &Path,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<(), VerifyError> {
-        let chunk_err = |seqno: Option<u64>, reason: String| VerifyError {
-            txid: None,
-            seqno,
-            chunk: Some(name.file_name()),
-            reason,
-        };
+    /// Opens a chunk: checks its size and header, reads its positions table, and starts reading
+    /// its entries ahead.
+    fn open(&self, name: &ChunkName, path: &Path) -> Result<Opened, VerifyError> {
+        let chunk_err = |seqno, reason| chunk_error(name, seqno, reason);
         let file = File::open(path).map_err(|e| chunk_err(None, format!("cannot open: {e}")))?;
         let len = file
             .metadata()
@@ -346,8 +343,29 @@ impl Verifier<'_> {
                 (off, Some(crate::chunk::parse_table(&t)))
             }
         };
+        let win = Window::new(file, CHUNK_HEADER_SIZE as u64, end, &self.blocks);
+        Ok(Opened {
+            len,
+            end,
+            table,
+            win,
+        })
+    }
+
+    fn chunk(
+        &mut self,
+        name: &ChunkName,
+        opened: Opened,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), VerifyError> {
+        let Opened {
+            len,
+            end,
+            table,
+            mut win,
+        } = opened;
+        let chunk_err = |seqno, reason| chunk_error(name, seqno, reason);
         let mut pos = CHUNK_HEADER_SIZE as u64;
-        let mut win = Window::new(file, pos, end, &self.blocks);
         let mut index = 0usize;
         let mut last_was_signature = false;
         let mut since_progress = 0u64;
@@ -399,8 +417,9 @@ impl Verifier<'_> {
                     "entry of {n} bytes runs past the end of the entries ({remaining} left)"
                 )));
             }
+            let digest = win.digest(pos, n as usize);
             let bytes = win.get(n as usize).map_err(|e| at(format!("read: {e}")))?;
-            last_was_signature = self.entry(seqno, bytes).map_err(|mut e| {
+            last_was_signature = self.entry(seqno, bytes, digest).map_err(|mut e| {
                 e.chunk = Some(name.file_name());
                 e
             })?;
@@ -444,8 +463,14 @@ impl Verifier<'_> {
         Ok(())
     }
 
-    /// Verifies one entry; returns whether it is a signature transaction.
-    fn entry(&mut self, seqno: u64, bytes: &[u8]) -> Result<bool, VerifyError> {
+    /// Verifies one entry (whose write set digest may have been computed ahead); returns whether
+    /// it is a signature transaction.
+    fn entry(
+        &mut self,
+        seqno: u64,
+        bytes: &[u8],
+        digest: Option<ccl_crypto::Digest32>,
+    ) -> Result<bool, VerifyError> {
         let err = |txid: Option<TxId>, reason: String| VerifyError {
             txid,
             seqno: Some(seqno),
@@ -636,7 +661,9 @@ impl Verifier<'_> {
                 })
             });
         }
-        self.frontier.append(pd.leaf(&e.write_set_digest()));
+        let digest = digest.unwrap_or_else(|| e.write_set_digest());
+        debug_assert_eq!(digest, e.write_set_digest());
+        self.frontier.append(pd.leaf(&digest));
         self.report.transactions += 1;
         Ok(is_signature)
     }
@@ -745,20 +772,52 @@ impl Verifier<'_> {
     }
 }
 
-/// Reads a file forward in large blocks and hands out contiguous slices of it. The reading (the
-/// kernel's copy from the page cache, about as costly as hashing the bytes) is done ahead by a
-/// thread of its own, so that it overlaps the verification of the blocks before.
+fn chunk_error(name: &ChunkName, seqno: Option<u64>, reason: String) -> VerifyError {
+    VerifyError {
+        txid: None,
+        seqno,
+        chunk: Some(name.file_name()),
+        reason,
+    }
+}
+
+/// A chunk file opened for verification.
+struct Opened {
+    len: u64,
+    /// The end of its entries.
+    end: u64,
+    table: Option<Vec<u32>>,
+    win: Window,
+}
+
+/// Reads a file forward in large blocks and hands out contiguous slices of it.
+///
+/// Two threads of its own work ahead of the verification: one reads (the kernel's copy from the
+/// page cache, which costs about as much as hashing the bytes), the other hashes each whole entry
+/// (its write set digest) and cuts the blocks at entry boundaries, so that they are handed out
+/// without another copy. The hasher's framing is only a hint: the verifier takes a digest only
+/// for the exact offset and length it framed itself, and hashes the entry itself otherwise.
 struct Window {
-    blocks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    blocks: std::sync::mpsc::Receiver<std::io::Result<Block>>,
     /// Blocks consumed go back here, for the reader to fill again.
     spare: Blocks,
     /// Bytes read and not yet consumed start at `lo`.
     buf: Vec<u8>,
     lo: usize,
+    /// Write set digests computed ahead, in file order: (offset, length, digest).
+    digests: std::collections::VecDeque<(u64, usize, ccl_crypto::Digest32)>,
 }
 
-/// Read buffers of `READ_BUFFER` bytes, kept for reuse: fresh ones would cost a page fault and
-/// the zeroing of a page every 4 KiB.
+/// Bytes of a file (those of `bytes` from `from` on), with the digests of the whole entries in
+/// them.
+struct Block {
+    bytes: Vec<u8>,
+    from: usize,
+    digests: Vec<(u64, usize, ccl_crypto::Digest32)>,
+}
+
+/// Read buffers of about `READ_BUFFER` bytes, kept for reuse: fresh ones would cost a page fault
+/// and the zeroing of a page every 4 KiB.
 #[derive(Clone, Default)]
 struct Blocks(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
 
@@ -773,78 +832,195 @@ impl Blocks {
 
     fn give(&self, block: Vec<u8>) {
         let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.len() <= READ_AHEAD_BLOCKS {
+        if spare.len() < BLOCKS_KEPT {
             spare.push(block);
         }
     }
 }
 
-/// Blocks (`READ_BUFFER` bytes each) read ahead of the verification.
+/// Blocks (`READ_BUFFER` bytes each) read ahead of the hashing, and hashed ahead of the
+/// verification.
 const READ_AHEAD_BLOCKS: usize = 2;
+/// Blocks kept for reuse: as many as can be in flight between the threads (read, hashed, being
+/// verified) of two chunks.
+const BLOCKS_KEPT: usize = 4 * READ_AHEAD_BLOCKS + 4;
+/// Bytes left free before the data of each block read: the start of an entry cut off at the end
+/// of the block before goes there, so that the entry is whole without moving the block.
+const BLOCK_HEADROOM: usize = 64 << 10;
+
+/// Reads `[pos, end)` of a file in blocks of up to `READ_BUFFER` bytes, each after
+/// `BLOCK_HEADROOM` free bytes.
+fn read_ahead(
+    file: &File,
+    mut pos: u64,
+    end: u64,
+    spares: &Blocks,
+    tx: &std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>,
+) {
+    while pos < end {
+        let mut block = spares.take();
+        block.resize(BLOCK_HEADROOM + READ_BUFFER.min((end - pos) as usize), 0);
+        let read = loop {
+            match std::os::unix::fs::FileExt::read_at(file, &mut block[BLOCK_HEADROOM..], pos) {
+                Ok(0) => break Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(got) => {
+                    block.truncate(BLOCK_HEADROOM + got);
+                    pos += got as u64;
+                    break Ok(block);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e),
+            }
+        };
+        let failed = read.is_err();
+        if tx.send(read).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Cuts the blocks read from file offset `start` at entry boundaries and hashes the entries, for
+/// as long as their headers parse; after one that does not, passes the blocks on as they are.
+fn hash_ahead(
+    start: u64,
+    raw: &std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    tx: &std::sync::mpsc::SyncSender<std::io::Result<Block>>,
+) {
+    // Bytes after the last whole entry sent, and the file offset of the first of them.
+    let mut carry: Vec<u8> = Vec::new();
+    let mut at = start;
+    let mut framing = true;
+    let send = |block: std::io::Result<Block>| tx.send(block).is_ok();
+    loop {
+        let (mut bytes, from) = match raw.recv() {
+            Ok(Ok(block)) => (block, BLOCK_HEADROOM),
+            Ok(Err(e)) => {
+                let _ = send(Err(e));
+                return;
+            }
+            Err(_) => break,
+        };
+        // The block, preceded by what was carried over.
+        let from = if carry.len() <= from {
+            let from = from - carry.len();
+            bytes[from..BLOCK_HEADROOM].copy_from_slice(&carry);
+            carry.clear();
+            from
+        } else {
+            // An entry longer than the headroom: it grows in `carry` (copied once per block).
+            carry.extend_from_slice(&bytes[from..]);
+            std::mem::swap(&mut carry, &mut bytes);
+            carry.clear();
+            0
+        };
+        let mut digests = Vec::new();
+        let mut framed = from;
+        while framing {
+            let rest = &bytes[framed..];
+            if rest.len() < ENTRY_HEADER_SIZE {
+                break;
+            }
+            match entry_len(&rest[..ENTRY_HEADER_SIZE]) {
+                Ok(n) if n <= rest.len() => {
+                    let digest = ccl_crypto::sha256(&rest[..n]);
+                    digests.push((at + (framed - from) as u64, n, digest));
+                    framed += n;
+                }
+                Ok(_) => break,
+                Err(_) => framing = false,
+            }
+        }
+        if framing {
+            carry.extend_from_slice(&bytes[framed..]);
+            bytes.truncate(framed);
+        }
+        at += (bytes.len() - from) as u64;
+        if bytes.len() > from
+            && !send(Ok(Block {
+                bytes,
+                from,
+                digests,
+            }))
+        {
+            return;
+        }
+    }
+    // The end of the range: what is left is a torn or bad entry, for the verifier to report.
+    if !carry.is_empty() {
+        let _ = send(Ok(Block {
+            bytes: carry,
+            from: 0,
+            digests: Vec::new(),
+        }));
+    }
+}
 
 impl Window {
     /// A window on the bytes of `file` from offset `start` to `end`.
     fn new(file: File, start: u64, end: u64, spare: &Blocks) -> Self {
+        let (raw_tx, raw) = std::sync::mpsc::sync_channel(READ_AHEAD_BLOCKS);
         let (tx, blocks) = std::sync::mpsc::sync_channel(READ_AHEAD_BLOCKS);
         let spares = spare.clone();
-        let reader = move || {
-            let mut pos = start;
-            while pos < end {
-                let mut block = spares.take();
-                block.resize(READ_BUFFER.min((end - pos) as usize), 0);
-                let read = match std::os::unix::fs::FileExt::read_at(&file, &mut block, pos) {
-                    Ok(0) => Err(std::io::ErrorKind::UnexpectedEof.into()),
-                    Ok(got) => {
-                        block.truncate(got);
-                        pos += got as u64;
-                        Ok(block)
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                        spares.give(block);
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                };
-                let failed = read.is_err();
-                if tx.send(read).is_err() || failed {
-                    return;
-                }
-            }
-        };
-        let blocks = match std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("ccl-read-ahead".into())
-            .spawn(reader)
-        {
-            Ok(_) => blocks,
-            Err(e) => {
-                // No thread: the window reports the failure at its first read.
-                let (tx, blocks) = std::sync::mpsc::sync_channel(1);
-                let _ = tx.send(Err(e));
-                blocks
-            }
-        };
+            .spawn(move || read_ahead(&file, start, end, &spares, &raw_tx))
+            .and_then(|_| {
+                let tx = tx.clone();
+                std::thread::Builder::new()
+                    .name("ccl-hash-ahead".into())
+                    .spawn(move || hash_ahead(start, &raw, &tx))
+            });
+        if let Err(e) = spawned {
+            // No thread: the window reports the failure at its first read.
+            let _ = tx.try_send(Err(e));
+        }
+        drop(tx);
         Window {
             blocks,
             spare: spare.clone(),
-            buf: Vec::with_capacity(READ_BUFFER * 2),
+            buf: Vec::new(),
             lo: 0,
+            digests: std::collections::VecDeque::new(),
         }
     }
 
     /// The next `n` bytes (without consuming them).
     fn get(&mut self, n: usize) -> std::io::Result<&[u8]> {
         while self.buf.len() - self.lo < n {
-            self.buf.drain(..self.lo);
-            self.lo = 0;
             let block = match self.blocks.recv() {
                 Ok(block) => block?,
                 // The reader stopped at the end of the range.
                 Err(_) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
             };
-            self.buf.extend_from_slice(&block);
-            self.spare.give(block);
+            self.digests.extend(block.digests);
+            if self.lo == self.buf.len() {
+                // Everything before was consumed (the usual case: blocks end at entries).
+                let old = std::mem::replace(&mut self.buf, block.bytes);
+                self.spare.give(old);
+                self.lo = block.from;
+            } else {
+                self.buf.drain(..self.lo);
+                self.buf.extend_from_slice(&block.bytes[block.from..]);
+                self.spare.give(block.bytes);
+                self.lo = 0;
+            }
         }
         Ok(&self.buf[self.lo..self.lo + n])
+    }
+
+    /// The write set digest of the entry at file offset `pos` of `len` bytes, if the reader
+    /// framed exactly that entry.
+    fn digest(&mut self, pos: u64, len: usize) -> Option<ccl_crypto::Digest32> {
+        while let Some(&(p, n, d)) = self.digests.front() {
+            if p > pos {
+                return None;
+            }
+            self.digests.pop_front();
+            if p == pos {
+                return (n == len).then_some(d);
+            }
+        }
+        None
     }
 
     fn advance(&mut self, n: usize) {
@@ -870,4 +1046,123 @@ fn node_id(k: &[u8]) -> Result<String, String> {
     std::str::from_utf8(k)
         .map(str::to_string)
         .map_err(|_| "a node id is not text".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{ENTRY_FORMAT_VERSION, GCM_HEADER_SIZE};
+    use proptest::prelude::*;
+
+    /// An entry-shaped run of bytes: a header that frames `body` bytes after it.
+    fn fake_entry(body: usize, fill: u8) -> Vec<u8> {
+        let mut e = vec![ENTRY_FORMAT_VERSION, 0];
+        e.extend_from_slice(&(body as u64).to_le_bytes()[..6]);
+        e.resize(ENTRY_HEADER_SIZE + body, fill);
+        e
+    }
+
+    /// Reads `file` from `start` to `end` through a window the way the verifier does, entry by
+    /// entry; returns each entry's offset, whether its digest came from the hasher, and the bytes
+    /// left at the end (a torn or bad entry).
+    fn walk(file: &Path, start: u64, end: u64) -> (Vec<(u64, bool)>, u64) {
+        let bytes = std::fs::read(file).unwrap();
+        let mut win = Window::new(File::open(file).unwrap(), start, end, &Blocks::default());
+        let mut pos = start;
+        let mut seen = Vec::new();
+        while end - pos >= ENTRY_HEADER_SIZE as u64 {
+            let header = win.get(ENTRY_HEADER_SIZE).unwrap();
+            let Ok(n) = entry_len(header) else { break };
+            if n as u64 > end - pos {
+                break;
+            }
+            let digest = win.digest(pos, n);
+            let got = win.get(n).unwrap();
+            let at = pos as usize;
+            assert_eq!(got, &bytes[at..at + n], "the bytes of the entry at {pos}");
+            if let Some(d) = digest {
+                assert_eq!(
+                    d,
+                    ccl_crypto::sha256(got),
+                    "the digest of the entry at {pos}"
+                );
+            }
+            seen.push((pos, digest.is_some()));
+            win.advance(n);
+            pos += n as u64;
+        }
+        (seen, end - pos)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Entries of any size (from a few bytes to beyond the headroom and the read buffer),
+        /// then optionally a torn entry or a bad header: the window hands out every entry's exact
+        /// bytes, and every digest computed ahead is that of the entry asked for. While headers
+        /// parse, every whole entry gets its digest ahead.
+        #[test]
+        fn window_frames_and_hashes_entries(
+            sizes in prop::collection::vec(
+                prop_oneof![
+                    8 * 4 => (GCM_HEADER_SIZE + 8)..2_000usize,
+                    2 => 60_000..140_000usize,
+                    1 => 1_000_000..2_300_000usize,
+                ],
+                1..40,
+            ),
+            tail in 0..3u8,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("chunk");
+            let mut bytes = vec![0u8; CHUNK_HEADER_SIZE];
+            let mut starts = Vec::new();
+            for (i, n) in sizes.iter().enumerate() {
+                starts.push(bytes.len() as u64);
+                bytes.extend_from_slice(&fake_entry(*n, i as u8));
+            }
+            let whole = bytes.len() as u64;
+            match tail {
+                // A torn entry: its header promises more than the file holds.
+                1 => bytes.extend_from_slice(&fake_entry(5_000, 7)[..3_000]),
+                // A header that does not parse, then more bytes.
+                2 => bytes.extend_from_slice(&[0xff; 700]),
+                _ => {}
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let (seen, left) = walk(&path, CHUNK_HEADER_SIZE as u64, bytes.len() as u64);
+            let offsets: Vec<u64> = seen.iter().map(|(p, _)| *p).collect();
+            prop_assert_eq!(offsets, starts);
+            prop_assert!(seen.iter().all(|(_, ahead)| *ahead), "every whole entry hashed ahead");
+            prop_assert_eq!(left, bytes.len() as u64 - whole);
+        }
+    }
+
+    /// After a header that does not parse, the window still hands out the bytes after it, with
+    /// no digests: the verifier hashes for itself.
+    #[test]
+    fn window_without_framing_hands_out_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chunk");
+        let mut bytes = vec![0u8; CHUNK_HEADER_SIZE];
+        bytes.extend_from_slice(&[0xee; 100]);
+        for i in 0..3000u32 {
+            bytes.extend_from_slice(&fake_entry(1_000, i as u8));
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let mut win = Window::new(
+            File::open(&path).unwrap(),
+            CHUNK_HEADER_SIZE as u64,
+            bytes.len() as u64,
+            &Blocks::default(),
+        );
+        let mut pos = CHUNK_HEADER_SIZE;
+        for step in [100usize, 1_008, 2_000_000, 1_008] {
+            assert_eq!(win.digest(pos as u64, step), None);
+            assert_eq!(win.get(step).unwrap(), &bytes[pos..pos + step]);
+            win.advance(step);
+            pos += step;
+        }
+        assert!(win.get(bytes.len()).is_err(), "past the end is an error");
+    }
 }
