@@ -60,6 +60,19 @@ impl Record {
     }
 }
 
+/// Records of the side log taken in and still to write (see [`SideLog::stage`]).
+struct SideWrite {
+    file: Arc<std::fs::File>,
+    buf: Vec<u8>,
+}
+
+impl SideWrite {
+    fn write(self) -> std::io::Result<()> {
+        (&*self.file).write_all(&self.buf)?;
+        self.file.sync_data()
+    }
+}
+
 /// Where the log of a node that joined from a snapshot starts: the Raft entry (already applied,
 /// through the snapshot and the ledger suffix handed over with it) and the membership then.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -72,7 +85,7 @@ pub struct Base {
 
 /// The side log: records in memory, and the file.
 struct SideLog {
-    file: std::fs::File,
+    file: Arc<std::fs::File>,
     base: Option<Base>,
     /// Records from the first index after the base, consecutive.
     records: Vec<Record>,
@@ -143,7 +156,7 @@ impl SideLog {
             file.sync_all()?;
         }
         Ok(SideLog {
-            file,
+            file: Arc::new(file),
             base,
             records,
             offsets,
@@ -203,17 +216,28 @@ impl SideLog {
             .unwrap_or_default()
     }
 
+    /// Writes `new` records and fsyncs.
+    #[cfg(test)]
     fn append(&mut self, new: Vec<Record>) -> std::io::Result<()> {
+        self.stage(new).write()
+    }
+
+    /// Takes `new` records into the log (readable at once) and gives their write, to run without
+    /// the log's lock: its fsync then overlaps the ledger's, and readers do not wait for it.
+    /// Writes run one at a time, in order (Raft appends one batch at a time), and a truncation
+    /// comes only after the write before it completed.
+    fn stage(&mut self, new: Vec<Record>) -> SideWrite {
         let mut buf = Vec::new();
         for r in &new {
             self.offsets.push(self.len + buf.len() as u64);
             buf.extend_from_slice(&line(r));
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
         self.len += buf.len() as u64;
         self.records.extend(new);
-        Ok(())
+        SideWrite {
+            file: self.file.clone(),
+            buf,
+        }
     }
 
     fn truncate(&mut self, index: u64) -> std::io::Result<()> {
@@ -255,6 +279,9 @@ pub struct Replica {
     /// The last seqno replicated into this node's engine (readable here; durable once the
     /// log's fsync that follows is done), as it grows.
     appended: tokio::sync::watch::Sender<u64>,
+    /// The last seqno of the last append that completed (durable in the ledger and the side
+    /// log).
+    durable: AtomicU64,
 }
 
 impl Replica {
@@ -262,9 +289,26 @@ impl Replica {
     /// what the log holds (executed, never proposed) are rolled back.
     pub fn open(engine: Arc<Mutex<Engine>>, data_dir: &Path) -> std::io::Result<Arc<Replica>> {
         let dir = data_dir.join(RAFT_DIR);
-        let side = SideLog::open(&dir)?;
+        let mut side = SideLog::open(&dir)?;
         let handle = {
             let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+            // An append fsyncs the ledger and the side log side by side, so after a power loss
+            // the side log may name entries whose ledger bytes did not survive. Such an append
+            // never completed (it completes once both are durable): no node counted it, and it
+            // is cut here, with every record after it.
+            if let Some(cut) = side
+                .records
+                .iter()
+                .find(|r| r.s.is_some_and(|(_, last)| last > e.last_seqno()))
+                .map(|r| r.i)
+            {
+                tracing::warn!(
+                    from_index = cut,
+                    ledger_ends = e.last_seqno(),
+                    "Raft side log: records beyond the ledger cut (an append that never completed)"
+                );
+                side.truncate(cut)?;
+            }
             let logged = side.last_seqno();
             let pending_genesis = side.records.is_empty() && side.base.is_none();
             if !pending_genesis && e.last_seqno() > logged {
@@ -317,7 +361,8 @@ impl Replica {
             |a| side.membership_at(a.index),
         );
         let (commit, _) = tokio::sync::watch::channel(handle.committed_seqno());
-        let (appended, _) = tokio::sync::watch::channel(side.last_seqno());
+        let logged = side.last_seqno();
+        let (appended, _) = tokio::sync::watch::channel(logged);
         let replica = Arc::new(Replica {
             engine,
             handle,
@@ -328,6 +373,7 @@ impl Replica {
             primary_term: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
             proposed: AtomicU64::new(0),
+            durable: AtomicU64::new(logged),
             commit,
             appended,
         });
@@ -389,6 +435,11 @@ impl Replica {
     /// The last seqno the log holds.
     pub fn logged_seqno(&self) -> u64 {
         self.side().last_seqno()
+    }
+
+    /// The last seqno the log holds durably: appends up to it completed.
+    pub fn durable_seqno(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
     }
 
     /// The log id of the last entry that is applied (committed) and the last seqno it covers,
@@ -480,7 +531,7 @@ impl Replica {
     /// Writes `entries` (in order, from the next index) to the engine and the side log, durably.
     async fn append_entries(self: &Arc<Self>, entries: Vec<Entry>) -> SResult<()> {
         let mut records = Vec::with_capacity(entries.len());
-        let (sync, appended) = {
+        let (sync, side_write, appended) = {
             let mut e = self.engine();
             let side = self.side();
             let mut next = side.next_index();
@@ -536,28 +587,30 @@ impl Replica {
                 records.push(rec);
                 next += 1;
             }
-            (e.sync_handle().map_err(log_error)?, logged)
+            // The ledger's bytes reach the file (the page cache) before the side log's
+            // record: a killed process never leaves the side log ahead of the ledger.
+            let sync = e.sync_handle().map_err(log_error)?;
+            (sync, self.side().stage(records), logged)
         };
         self.appended.send_replace(appended);
-        // The two fsyncs (ledger, then the side log naming what it holds) block: on a
-        // multi-threaded runtime they run on a blocking thread, so that the async workers go on
-        // serving requests meanwhile (Raft itself waits, as it must). On a current-thread
-        // runtime (the deterministic simulation) they run here.
-        let durable = move |r: &Replica| -> std::io::Result<()> {
-            sync.sync()?;
-            r.side().append(records)
-        };
+        // The two fsyncs (the ledger's, and the side log's naming what it holds) block: on a
+        // multi-threaded runtime they run side by side on blocking threads, so that neither
+        // waits for the other and the async workers go on serving requests meanwhile (Raft
+        // itself waits, as it must). On a current-thread runtime (the deterministic
+        // simulation) they run here, one after the other.
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if multi_thread {
-            let me = self.clone();
-            tokio::task::spawn_blocking(move || durable(&me))
-                .await
-                .map_err(log_error)?
-                .map_err(log_error)?;
+            let ledger = tokio::task::spawn_blocking(move || sync.sync());
+            let side = tokio::task::spawn_blocking(move || side_write.write());
+            let (ledger, side) = tokio::join!(ledger, side);
+            ledger.map_err(log_error)?.map_err(log_error)?;
+            side.map_err(log_error)?.map_err(log_error)?;
         } else {
-            durable(self).map_err(log_error)?;
+            sync.sync().map_err(log_error)?;
+            side_write.write().map_err(log_error)?;
         }
+        self.durable.store(appended, Ordering::Release);
         // The proposer may be holding entries until this write was done.
         self.wake.notify_one();
         Ok(())
@@ -664,6 +717,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         side.truncate(log_id.index).map_err(log_error)?;
         let keep = side.last_seqno();
         drop(side);
+        self.0.durable.fetch_min(keep, Ordering::AcqRel);
         self.0
             .cache
             .lock()
@@ -827,5 +881,48 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let log = SideLog::open(dir.path()).unwrap();
         assert_eq!(log.records.len(), 2, "a line whose checksum fails is cut");
+    }
+
+    /// After a power loss the side log may be ahead of the ledger (their fsyncs run side by
+    /// side): reopening cuts the records whose entries the ledger lacks, and every record after
+    /// them, and keeps those the ledger covers.
+    #[test]
+    fn reopening_cuts_side_records_beyond_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ccl_engine::EngineConfig {
+            presigned_nonces: 0,
+            ..Default::default()
+        };
+        let identity = ccl_engine::identity::Identity::generate(&["n0".into()]).unwrap();
+        let engine = Engine::create(
+            dir.path(),
+            cfg,
+            identity,
+            ccl_ledger::secrets::LedgerSecret::from_bytes([7u8; 32]),
+            |_| Ok(()),
+        )
+        .unwrap();
+        let last = engine.last_seqno();
+        assert!(last >= 1);
+        {
+            let mut side = SideLog::open(&dir.path().join(RAFT_DIR)).unwrap();
+            side.append(vec![
+                rec(0, 0, None),
+                rec(1, 1, Some((1, last))),
+                rec(2, 1, None),
+                rec(3, 1, Some((last + 1, last + 3))),
+                rec(4, 1, None),
+            ])
+            .unwrap();
+        }
+        let replica = Replica::open(Arc::new(Mutex::new(engine)), dir.path()).unwrap();
+        assert_eq!(replica.logged_seqno(), last);
+        assert_eq!(replica.durable_seqno(), last);
+        assert_eq!(replica.side().next_index(), 3, "records 3 and 4 are cut");
+        drop(replica);
+        // The cut is on disk.
+        let side = SideLog::open(&dir.path().join(RAFT_DIR)).unwrap();
+        assert_eq!(side.next_index(), 3);
+        assert_eq!(side.last_seqno(), last);
     }
 }

@@ -79,7 +79,7 @@ pub fn round(replica: &Replica, raft: &Raft, term: u64) -> Result<(), String> {
     // fsync), new entries wait and go together in the next proposal, which the end of that
     // write wakes this task for. Under load a proposal then carries everything executed during
     // one fsync; alone, an entry is proposed at once.
-    if replica.proposed.load(Ordering::Acquire) > replica.logged_seqno() {
+    if replica.proposed.load(Ordering::Acquire) > replica.durable_seqno() {
         return Ok(());
     }
     let Some((first, entries)) = e.take_outbox() else {

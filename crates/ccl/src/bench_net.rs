@@ -272,6 +272,8 @@ struct RunResult {
     /// ccl: sampled transaction ids not Committed at the end; etcd: acknowledged puts missing.
     unconfirmed: usize,
     sampled: usize,
+    /// ccl: median time from sending a write to its answer (executed, not yet committed).
+    answer_p50_ms: Option<f64>,
 }
 
 impl RunResult {
@@ -290,6 +292,7 @@ impl RunResult {
             errors: 0,
             unconfirmed: 0,
             sampled: 0,
+            answer_p50_ms: None,
         }
     }
 
@@ -303,8 +306,11 @@ impl RunResult {
     }
 
     fn line(&self) -> String {
+        let answered = self
+            .answer_p50_ms
+            .map_or(String::new(), |a| format!(" (answered: p50 {a:.1} ms)"));
         format!(
-            "{:.0} committed writes/s, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, {} writes, {} errors",
+            "{:.0} committed writes/s, p50 {:.1} ms{answered}, p99 {:.1} ms, p99.9 {:.1} ms, {} writes, {} errors",
             self.per_sec, self.p50_ms, self.p99_ms, self.p999_ms, self.count, self.errors
         )
     }
@@ -314,6 +320,7 @@ impl RunResult {
             "committed_writes": self.count, "committed_writes_per_sec": self.per_sec,
             "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "p999_ms": self.p999_ms,
             "errors": self.errors, "sampled": self.sampled, "unconfirmed": self.unconfirmed,
+            "answer_p50_ms": self.answer_p50_ms,
         })
     }
 }
@@ -588,10 +595,12 @@ async fn ccl_run(ready: &Ready, to: To, n: usize, d: Duration, payload: &str) ->
         let contents = payload.to_string();
         tasks.push(tokio::spawn(async move {
             let mut k = 0u64;
+            let mut answers = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let sent = Instant::now();
                 match conn.write_entry(None, &contents).await {
                     Ok(txid) => {
+                        answers.push(sent.elapsed());
                         let seqno = seqno_of(&txid)
                             .ok_or_else(|| anyhow!("bad transaction id {txid:?}"))?;
                         inflight
@@ -622,7 +631,7 @@ async fn ccl_run(ready: &Ready, to: To, n: usize, d: Duration, payload: &str) ->
                     }
                 }
             }
-            anyhow::Ok(())
+            anyhow::Ok(answers)
         }));
     }
     // The watcher, here: the primary's commit seqno as it moves (`/node/commit?after=`, which
@@ -676,10 +685,15 @@ async fn ccl_run(ready: &Ready, to: To, n: usize, d: Duration, payload: &str) ->
         }
     }
     let elapsed = started.elapsed();
+    let mut answers = Vec::new();
     for t in tasks {
-        t.await??;
+        answers.extend(t.await??);
     }
     let mut r = RunResult::from_latencies(latencies, elapsed);
+    r.answer_p50_ms = (!answers.is_empty()).then(|| {
+        let mid = answers.len() / 2;
+        answers.select_nth_unstable(mid).1.as_secs_f64() * 1e3
+    });
     r.errors = errors.load(Ordering::Relaxed);
     let sample = std::mem::take(&mut *sample.lock().unwrap_or_else(|p| p.into_inner()));
     r.sampled = sample.len();
