@@ -477,6 +477,8 @@ impl Replica {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    // openraft's own error type, as its storage traits return it.
+    #[allow(clippy::result_large_err)]
     fn batch(&self, index: u64, first: u64, last: u64) -> SResult<Arc<Batch>> {
         if let Some(b) = self
             .cache
@@ -508,6 +510,8 @@ impl Replica {
         }
     }
 
+    // openraft's own error type, as its storage traits return it.
+    #[allow(clippy::result_large_err)]
     fn entries(&self, start: u64, end: u64) -> SResult<Vec<Entry>> {
         let records: Vec<Record> = {
             let side = self.side();
@@ -534,10 +538,10 @@ impl Replica {
         let (sync, side_write, appended) = {
             let mut e = self.engine();
             let side = self.side();
-            let mut next = side.next_index();
+            let first = side.next_index();
             let mut logged = side.last_seqno();
             drop(side);
-            for entry in entries {
+            for (next, entry) in (first..).zip(entries) {
                 if entry.log_id.index != next {
                     return Err(log_error(format!(
                         "append at index {} but the log ends before {next}",
@@ -585,7 +589,6 @@ impl Replica {
                     EntryPayload::Blank => {}
                 }
                 records.push(rec);
-                next += 1;
             }
             // The ledger's bytes reach the file (the page cache) before the side log's
             // record: a killed process never leaves the side log ahead of the ledger.

@@ -364,8 +364,7 @@ pub async fn join_network(
                 if !told {
                     println!(
                         "node {node_id} is Pending: the members admit it with the proposal\n  \
-                         {{\"actions\":[{{\"name\":\"transition_node_to_trusted\",\"args\":{{\"node_id\":\"{node_id}\",\"valid_from\":\"{}\",\"validity_period_days\":365}}}}]}}",
-                        "20260101000000Z"
+                         {{\"actions\":[{{\"name\":\"transition_node_to_trusted\",\"args\":{{\"node_id\":\"{node_id}\",\"valid_from\":\"20260101000000Z\",\"validity_period_days\":365}}}}]}}"
                     );
                     told = true;
                 }

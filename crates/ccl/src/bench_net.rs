@@ -668,19 +668,19 @@ async fn ccl_run(ready: &Ready, to: To, n: usize, d: Duration, payload: &str) ->
             stop.store(true, Ordering::Relaxed);
             drain_deadline = Some(now + DRAIN_TIMEOUT);
         }
-        if let Some(dl) = drain_deadline {
-            if tasks.iter().all(|t| t.is_finished()) {
-                let left = inflight.lock().unwrap_or_else(|p| p.into_inner()).len();
-                if left == 0 {
-                    break;
-                }
-                if now > dl {
-                    eprintln!(
-                        "{left} writes not committed {}s after the run",
-                        DRAIN_TIMEOUT.as_secs()
-                    );
-                    break;
-                }
+        if let Some(dl) = drain_deadline
+            && tasks.iter().all(|t| t.is_finished())
+        {
+            let left = inflight.lock().unwrap_or_else(|p| p.into_inner()).len();
+            if left == 0 {
+                break;
+            }
+            if now > dl {
+                eprintln!(
+                    "{left} writes not committed {}s after the run",
+                    DRAIN_TIMEOUT.as_secs()
+                );
+                break;
             }
         }
     }
