@@ -1,6 +1,9 @@
 use super::*;
 use proptest::prelude::*;
 
+/// One write of a generated write set: map, key, value (`None`: a removal).
+type WriteOp = (String, Vec<u8>, Option<Vec<u8>>);
+
 fn put(s: &Store, map: &str, k: &str, v: &str) -> u64 {
     let mut tx = s.begin();
     tx.put(map, k.as_bytes(), v.as_bytes()).unwrap();
@@ -264,7 +267,7 @@ proptest! {
         target in any::<prop::sample::Index>(),
     ) {
         let maps = ["public:a", "b", "c"];
-        let write_sets: Vec<Vec<(String, Vec<u8>, Option<Vec<u8>>)>> = steps
+        let write_sets: Vec<Vec<WriteOp>> = steps
             .iter()
             .map(|ws| ws.iter().map(|(m, k, v)| (maps[*m as usize].to_string(), vec![*k], v.map(|v| vec![v; 3]))).collect())
             .collect();
