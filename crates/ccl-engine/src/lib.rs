@@ -44,7 +44,11 @@ pub const DEFAULT_SIGNATURE_INTERVAL_TXS: u64 = 5000;
 pub const DEFAULT_SIGNATURE_INTERVAL: Duration = Duration::from_millis(100);
 /// Default: sooner, as soon as the previous signature is committed, but no more often than this
 /// (adaptive signatures: light load commits in a few milliseconds, heavy load batches more
-/// transactions under each signature).
+/// transactions under each signature). Between this and twice this, a signature also waits until
+/// as many transactions as the previous one covered have come: clients that each wait for their
+/// last write's commit before the next all write again after a commit, those on a backup a
+/// forwarding hop later than those on the primary, and one signature then covers them all
+/// instead of leaving the later ones for the next.
 pub const DEFAULT_SIGNATURE_MIN_INTERVAL: Duration = Duration::from_millis(5);
 /// Default: a snapshot at the first signature after this many transactions (0: never).
 pub const DEFAULT_SNAPSHOT_INTERVAL_TXS: u64 = 100_000;
@@ -63,7 +67,8 @@ pub struct EngineConfig {
     pub signature_interval_txs: u64,
     pub signature_interval: Duration,
     /// Sign before `signature_interval` once the previous signature is committed and this
-    /// long has passed since it (`>= signature_interval`: never early).
+    /// long has passed since it (`>= signature_interval`: never early), and either as many
+    /// transactions as the previous signature covered have come or twice this long has passed.
     pub signature_min_interval: Duration,
     pub chunk_size: u64,
     pub snapshot_interval_txs: u64,
@@ -229,6 +234,8 @@ pub struct Engine {
     view: u64,
     last_sig_seqno: u64,
     last_sig_at: Instant,
+    /// Transactions the last signature covered (besides itself).
+    last_sig_txs: u64,
     txs_since_sig: u64,
     buf: Vec<u8>,
     pending_snapshots: Vec<PendingSnapshot>,
@@ -707,6 +714,7 @@ impl Engine {
             self.shared.add_signature(seqno);
             self.last_sig_seqno = seqno;
             self.last_sig_at = Instant::now();
+            self.last_sig_txs = self.txs_since_sig;
             self.txs_since_sig = 0;
         } else {
             self.txs_since_sig += 1;
@@ -723,7 +731,9 @@ impl Engine {
         self.txs_since_sig >= self.cfg.signature_interval_txs
             || since >= self.cfg.signature_interval
             || (since >= self.cfg.signature_min_interval
-                && self.committed_seqno() >= self.last_sig_seqno)
+                && self.committed_seqno() >= self.last_sig_seqno
+                && (self.txs_since_sig >= self.last_sig_txs
+                    || since >= self.cfg.signature_min_interval * 2))
     }
 
     /// Writes the evidence of snapshots encoded since the last call, then a signature

@@ -299,6 +299,7 @@ pub(crate) fn open(
         view,
         last_sig_seqno: last_sig,
         last_sig_at: Instant::now(),
+        last_sig_txs: 0,
         txs_since_sig: last - last_sig.max(first.saturating_sub(1)),
         buf: Vec::new(),
         pending_snapshots: Vec::new(),

@@ -882,6 +882,52 @@ fn a_signature_comes_early_once_the_previous_one_is_committed() {
     assert!(!e.signature_due(Instant::now()));
 }
 
+/// Between the minimum interval and twice it, an early signature waits until as many
+/// transactions as the previous signature covered have come (a closed loop of clients, some a
+/// hop slower, then shares one signature); after twice the minimum it signs what there is.
+#[test]
+fn an_early_signature_waits_for_as_many_transactions_as_the_last_one_covered() {
+    let dir = tempfile::tempdir().unwrap();
+    let min = Duration::from_secs(10);
+    let cfg = EngineConfig {
+        signature_min_interval: min,
+        signature_interval_txs: 1000,
+        ..cfg()
+    };
+    let (mut e, _) = new_engine(dir.path(), cfg);
+    let one = |e: &mut Engine, i: usize| {
+        let mut tx = e.store().begin();
+        tx.put("public:records", format!("k{i}").as_bytes(), b"v")
+            .unwrap();
+        e.commit(tx, None).unwrap();
+    };
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+    for i in 0..3 {
+        one(&mut e, i);
+    }
+    e.emit_signature().unwrap(); // covers 3 transactions
+    e.sync().unwrap();
+    e.commit_up_to(e.last_seqno()).unwrap();
+    let at = |d: Duration| Instant::now() + d;
+    one(&mut e, 3);
+    assert!(!e.signature_due(at(min / 2)), "before the minimum interval");
+    assert!(
+        !e.signature_due(at(min + min / 2)),
+        "1 of the 3 transactions the last signature covered: wait"
+    );
+    assert!(
+        e.signature_due(at(min * 2 + min / 10)),
+        "twice the minimum interval: sign what there is"
+    );
+    one(&mut e, 4);
+    one(&mut e, 5);
+    assert!(
+        e.signature_due(at(min + min / 2)),
+        "as many as the last signature covered: sign"
+    );
+}
+
 /// The primary encodes a snapshot on another thread and writes its evidence once it is done,
 /// after transactions that came meanwhile (not under the engine's lock right after the
 /// signature); a backup encodes its own at the same signature, by the same rule, and writes the
