@@ -843,6 +843,20 @@ fn a_snapshot_after_a_rekey_opens_with_the_secret_from_the_ledger() {
     );
 }
 
+/// Commits one transaction writing a public value under key `k{i}`.
+fn one(e: &mut Engine, i: usize) {
+    let mut tx = e.store().begin();
+    tx.put("public:records", format!("k{i}").as_bytes(), b"v")
+        .unwrap();
+    e.commit(tx, None).unwrap();
+}
+
+/// Ends genesis with its signature and commits it.
+fn finish_committed(e: &mut Engine) {
+    let last = e.finish().unwrap();
+    e.commit_up_to(last).unwrap();
+}
+
 #[test]
 fn a_signature_comes_early_once_the_previous_one_is_committed() {
     let dir = tempfile::tempdir().unwrap();
@@ -851,14 +865,7 @@ fn a_signature_comes_early_once_the_previous_one_is_committed() {
         ..cfg()
     };
     let (mut e, _) = new_engine(dir.path(), cfg);
-    let one = |e: &mut Engine, i: usize| {
-        let mut tx = e.store().begin();
-        tx.put("public:records", format!("k{i}").as_bytes(), b"v")
-            .unwrap();
-        e.commit(tx, None).unwrap();
-    };
-    let last = e.finish().unwrap();
-    e.commit_up_to(last).unwrap();
+    finish_committed(&mut e);
     one(&mut e, 0);
     assert!(
         e.signature_due(Instant::now()),
@@ -876,8 +883,7 @@ fn a_signature_comes_early_once_the_previous_one_is_committed() {
     // With the minimum interval at the (long) maximum, nothing is early.
     let dir = tempfile::tempdir().unwrap();
     let (mut e, _) = new_engine(dir.path(), super::tests::cfg());
-    let last = e.finish().unwrap();
-    e.commit_up_to(last).unwrap();
+    finish_committed(&mut e);
     one(&mut e, 0);
     assert!(!e.signature_due(Instant::now()));
 }
@@ -895,14 +901,7 @@ fn an_early_signature_waits_for_as_many_transactions_as_the_last_one_covered() {
         ..cfg()
     };
     let (mut e, _) = new_engine(dir.path(), cfg);
-    let one = |e: &mut Engine, i: usize| {
-        let mut tx = e.store().begin();
-        tx.put("public:records", format!("k{i}").as_bytes(), b"v")
-            .unwrap();
-        e.commit(tx, None).unwrap();
-    };
-    let last = e.finish().unwrap();
-    e.commit_up_to(last).unwrap();
+    finish_committed(&mut e);
     for i in 0..3 {
         one(&mut e, i);
     }
