@@ -1149,6 +1149,11 @@ impl Engine {
         flight.evidence.retain(|(_, e)| *e <= seqno);
         self.last_snapshot_seqno = self.last_snapshot_seqno.min(seqno);
         self.txs_since_sig = seqno - self.last_sig_seqno;
+        // What the signature now last covered: the transactions since the one before it.
+        let before = self
+            .shared
+            .last_signature_at_or_before(self.last_sig_seqno.saturating_sub(1));
+        self.last_sig_txs = self.last_sig_seqno.saturating_sub(before + 1);
         let keep = (seqno + 1).saturating_sub(self.outbox_first) as usize;
         self.outbox.truncate(keep);
         Ok(())
