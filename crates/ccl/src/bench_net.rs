@@ -274,6 +274,37 @@ struct RunResult {
     sampled: usize,
     /// ccl: median time from sending a write to its answer (executed, not yet committed).
     answer_p50_ms: Option<f64>,
+    /// ccl: the same figures for the writes sent to the primary and for those a backup
+    /// forwarded (when the clients were spread over all nodes).
+    split: Vec<(&'static str, Split)>,
+}
+
+/// Latency of one group of writes (by where their client sat).
+struct Split {
+    writes: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    answer_p50_ms: f64,
+}
+
+impl Split {
+    fn of(mut committed: Vec<Duration>, mut answered: Vec<Duration>) -> Split {
+        Split {
+            writes: committed.len(),
+            p50_ms: percentile_ms(&mut committed, 0.50),
+            p99_ms: percentile_ms(&mut committed, 0.99),
+            answer_p50_ms: percentile_ms(&mut answered, 0.50),
+        }
+    }
+}
+
+/// The `p` quantile of `l`, in milliseconds (0 for none).
+fn percentile_ms(l: &mut [Duration], p: f64) -> f64 {
+    if l.is_empty() {
+        return 0.0;
+    }
+    let i = ((l.len() as f64 * p) as usize).min(l.len() - 1);
+    l.select_nth_unstable(i).1.as_secs_f64() * 1e3
 }
 
 impl RunResult {
@@ -293,6 +324,7 @@ impl RunResult {
             unconfirmed: 0,
             sampled: 0,
             answer_p50_ms: None,
+            split: Vec::new(),
         }
     }
 
@@ -309,8 +341,18 @@ impl RunResult {
         let answered = self
             .answer_p50_ms
             .map_or(String::new(), |a| format!(" (answered: p50 {a:.1} ms)"));
+        let split: String = self
+            .split
+            .iter()
+            .map(|(name, s)| {
+                format!(
+                    "; {name}: {} writes, p50 {:.1} ms (answered: p50 {:.1} ms), p99 {:.1} ms",
+                    s.writes, s.p50_ms, s.answer_p50_ms, s.p99_ms
+                )
+            })
+            .collect();
         format!(
-            "{:.0} committed writes/s, p50 {:.1} ms{answered}, p99 {:.1} ms, p99.9 {:.1} ms, {} writes, {} errors",
+            "{:.0} committed writes/s, p50 {:.1} ms{answered}, p99 {:.1} ms, p99.9 {:.1} ms, {} writes, {} errors{split}",
             self.per_sec, self.p50_ms, self.p99_ms, self.p999_ms, self.count, self.errors
         )
     }
@@ -321,6 +363,10 @@ impl RunResult {
             "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "p999_ms": self.p999_ms,
             "errors": self.errors, "sampled": self.sampled, "unconfirmed": self.unconfirmed,
             "answer_p50_ms": self.answer_p50_ms,
+            "by_client_placement": self.split.iter().map(|(name, s)| (name.to_string(), json!({
+                "committed_writes": s.writes, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms,
+                "answer_p50_ms": s.answer_p50_ms,
+            }))).collect::<serde_json::Map<_, _>>(),
         })
     }
 }
@@ -575,7 +621,8 @@ async fn ccl_run(ready: &Ready, to: To, n: usize, d: Duration, payload: &str) ->
         conns.push(ready.clients[order[i % order.len()]].connect().await?);
     }
     let mut watch = ready.clients[ready.primary].connect().await?;
-    let inflight: Arc<Mutex<BTreeMap<u64, Instant>>> = Arc::default();
+    // Each write in flight: when it was sent, and whether a backup forwarded it.
+    let inflight: Arc<Mutex<BTreeMap<u64, (Instant, bool)>>> = Arc::default();
     let sample: Arc<Mutex<Vec<String>>> = Arc::default();
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -584,7 +631,9 @@ async fn ccl_run(ready: &Ready, to: To, n: usize, d: Duration, payload: &str) ->
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, mut conn) in conns.into_iter().enumerate() {
-        let client = ready.clients[order[i % order.len()]].clone();
+        let node = order[i % order.len()];
+        let forwarded = node != ready.primary;
+        let client = ready.clients[node].clone();
         let (inflight, sample, errors, stop, mut commit_rx) = (
             inflight.clone(),
             sample.clone(),
@@ -600,13 +649,13 @@ async fn ccl_run(ready: &Ready, to: To, n: usize, d: Duration, payload: &str) ->
                 let sent = Instant::now();
                 match conn.write_entry(None, &contents).await {
                     Ok(txid) => {
-                        answers.push(sent.elapsed());
+                        answers.push((sent.elapsed(), forwarded));
                         let seqno = seqno_of(&txid)
                             .ok_or_else(|| anyhow!("bad transaction id {txid:?}"))?;
                         inflight
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .insert(seqno, sent);
+                            .insert(seqno, (sent, forwarded));
                         if k % 64 == (i as u64) % 64 {
                             let mut s = sample.lock().unwrap_or_else(|p| p.into_inner());
                             if s.len() < SAMPLE {
@@ -663,7 +712,7 @@ async fn ccl_run(ready: &Ready, to: To, n: usize, d: Duration, payload: &str) ->
             let rest = m.split_off(&(committed + 1));
             std::mem::replace(&mut *m, rest)
         };
-        latencies.extend(done.into_values().map(|t| now - t));
+        latencies.extend(done.into_values().map(|(t, f)| (now - t, f)));
         if drain_deadline.is_none() && now - started >= d {
             stop.store(true, Ordering::Relaxed);
             drain_deadline = Some(now + DRAIN_TIMEOUT);
@@ -689,11 +738,23 @@ async fn ccl_run(ready: &Ready, to: To, n: usize, d: Duration, payload: &str) ->
     for t in tasks {
         answers.extend(t.await??);
     }
-    let mut r = RunResult::from_latencies(latencies, elapsed);
-    r.answer_p50_ms = (!answers.is_empty()).then(|| {
-        let mid = answers.len() / 2;
-        answers.select_nth_unstable(mid).1.as_secs_f64() * 1e3
-    });
+    let split = |forwarded: bool| {
+        let pick = |l: &[(Duration, bool)]| {
+            l.iter()
+                .filter(|(_, f)| *f == forwarded)
+                .map(|(d, _)| *d)
+                .collect::<Vec<_>>()
+        };
+        Split::of(pick(&latencies), pick(&answers))
+    };
+    let split = match to {
+        To::All => vec![("direct", split(false)), ("forwarded", split(true))],
+        To::Primary => Vec::new(),
+    };
+    let mut answers: Vec<Duration> = answers.into_iter().map(|(d, _)| d).collect();
+    let mut r = RunResult::from_latencies(latencies.into_iter().map(|(d, _)| d).collect(), elapsed);
+    r.answer_p50_ms = (!answers.is_empty()).then(|| percentile_ms(&mut answers, 0.50));
+    r.split = split;
     r.errors = errors.load(Ordering::Relaxed);
     let sample = std::mem::take(&mut *sample.lock().unwrap_or_else(|p| p.into_inner()));
     r.sampled = sample.len();
