@@ -10,7 +10,8 @@
 //! [`FORWARD_BATCHES_IN_FLIGHT`] sender tasks. A request joins the queue; a sender takes what is
 //! queued (at most [`MAX_FORWARD_BATCH`] requests, [`MAX_FORWARD_BATCH_BYTES`]), sends it, hands
 //! out the answers and takes the next batch. Batches form by themselves under load (requests
-//! queue while the senders are busy) and a lone request leaves at once.
+//! queue while the senders are busy, and a sender that starts first lets the handlers already
+//! woken queue theirs: [`FORWARD_GATHER_YIELDS`]) and a lone request leaves at once.
 //!
 //! On the primary, [`serve_batch`] runs each request of a batch through the node's router as the
 //! caller the backup names (believed only from a trusted node), concurrently, as if each had come
@@ -49,6 +50,13 @@ pub const MAX_FORWARDED_ANSWER: usize = 512 << 10;
 /// Batches a backup has in flight to the primary at once. More would make smaller batches; fewer
 /// would leave the primary idle while a batch travels.
 pub const FORWARD_BATCHES_IN_FLIGHT: usize = 2;
+/// Times a sender that has just started yields to the tasks ready on its runtime before it takes
+/// the queue. The clients of a node tend to write in bursts (a commit releases them together):
+/// the handlers already woken by a burst then queue their requests first and go in the first
+/// batch, instead of waiting a round trip for the next one. A yield with no other task ready
+/// returns at once, so a lone request is not held up. Measured: 9,472–9,821 → 10,309–10,498
+/// committed writes/s at 64 clients spread over 3 nodes (BENCHMARKS.md).
+pub const FORWARD_GATHER_YIELDS: usize = 2;
 /// A batch gives up after this long (its requests are answered `503 NoPrimary`).
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Header of the primary's batch answer: the last transaction id after the batch ran. The
@@ -311,6 +319,9 @@ impl Lane {
             lane: &self,
             counted: true,
         };
+        for _ in 0..FORWARD_GATHER_YIELDS {
+            tokio::task::yield_now().await;
+        }
         loop {
             let (batch, conn) = {
                 let mut s = self.lock();
