@@ -49,7 +49,7 @@ pub const DEFAULT_SIGNATURE_INTERVAL: Duration = Duration::from_millis(100);
 /// last write's commit before the next all write again after a commit, those on a backup a
 /// forwarding hop later than those on the primary, and one signature then covers them all
 /// instead of leaving the later ones for the next.
-pub const DEFAULT_SIGNATURE_MIN_INTERVAL: Duration = Duration::from_millis(5);
+pub const DEFAULT_SIGNATURE_MIN_INTERVAL: Duration = Duration::from_millis(4);
 /// Default: a snapshot at the first signature after this many transactions (0: never).
 pub const DEFAULT_SNAPSHOT_INTERVAL_TXS: u64 = 100_000;
 /// P-384 nonces an engine keeps precomputed: a signature transaction takes two, and signatures

@@ -33,7 +33,7 @@ pub struct StartArgs {
     #[arg(long)]
     signature_interval_ms: Option<u64>,
     /// ...and sooner, as soon as the previous signature is committed, but no more often than
-    /// this (milliseconds; at least --signature-interval-ms: never early). [default: 5]
+    /// this (milliseconds; at least --signature-interval-ms: never early). [default: 4]
     #[arg(long)]
     signature_min_interval_ms: Option<u64>,
     /// A snapshot after this many transactions (0: never). [default: 100000]
