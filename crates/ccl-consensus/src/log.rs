@@ -532,10 +532,42 @@ impl Replica {
         Ok(out)
     }
 
+    /// Removes the log from `index` on: its side records, and the engine's entries beyond what
+    /// the rest names (a conflicting suffix, or an append that failed).
+    fn cut_from(&self, index: u64) -> SResult<()> {
+        let mut e = self.engine();
+        let mut side = self.side();
+        side.truncate(index).map_err(log_error)?;
+        let keep = side.last_seqno();
+        drop(side);
+        self.durable.fetch_min(keep, Ordering::AcqRel);
+        self.appended.send_if_modified(|a| {
+            let before = *a;
+            *a = before.min(keep);
+            *a != before
+        });
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|i, _| *i < index);
+        if e.last_seqno() > keep {
+            tracing::info!(
+                from = keep + 1,
+                to = e.last_seqno(),
+                "rolling back a conflicting suffix"
+            );
+            e.rollback(keep).map_err(log_error)?;
+            e.take_outbox();
+        }
+        Ok(())
+    }
+
     /// Writes `entries` (in order, from the next index) to the engine and the side log, durably.
     async fn append_entries(self: &Arc<Self>, entries: Vec<Entry>) -> SResult<()> {
         let mut records = Vec::with_capacity(entries.len());
-        let (sync, side_write, appended) = {
+        // The ECDSA checks of replicated signatures, run while the entries are written.
+        let mut checks = Vec::new();
+        let (sync, side_write, appended, first) = {
             let mut e = self.engine();
             let side = self.side();
             let first = side.next_index();
@@ -578,7 +610,9 @@ impl Replica {
                                 e.take_outbox();
                             }
                             for bytes in &batch.entries {
-                                e.append_replicated(bytes).map_err(log_error)?;
+                                let (_, check) =
+                                    e.append_replicated_unverified(bytes).map_err(log_error)?;
+                                checks.extend(check);
                             }
                         }
                         rec.s = Some((batch.first_seqno, last));
@@ -593,7 +627,7 @@ impl Replica {
             // The ledger's bytes reach the file (the page cache) before the side log's
             // record: a killed process never leaves the side log ahead of the ledger.
             let sync = e.sync_handle().map_err(log_error)?;
-            (sync, self.side().stage(records), logged)
+            (sync, self.side().stage(records), logged, first)
         };
         self.appended.send_replace(appended);
         // The two fsyncs (the ledger's, and the side log's naming what it holds) block: on a
@@ -603,21 +637,37 @@ impl Replica {
         // simulation) they run here, one after the other.
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread {
+        let verified = if multi_thread {
             let ledger = tokio::task::spawn_blocking(move || sync.sync());
             let side = tokio::task::spawn_blocking(move || side_write.write());
+            // Meanwhile, here: the signatures' checks.
+            let verified = verify_all(&checks);
             let (ledger, side) = tokio::join!(ledger, side);
             ledger.map_err(log_error)?.map_err(log_error)?;
             side.map_err(log_error)?.map_err(log_error)?;
+            verified
         } else {
+            let verified = verify_all(&checks);
             sync.sync().map_err(log_error)?;
             side_write.write().map_err(log_error)?;
+            verified
+        };
+        if let Err(e) = verified {
+            // Nothing of this append is acknowledged: its records and entries go again.
+            tracing::error!(error = %e, "a replicated signature does not verify");
+            self.cut_from(first)?;
+            return Err(log_error(e));
         }
         self.durable.store(appended, Ordering::Release);
         // The proposer may be holding entries until this write was done.
         self.wake.notify_one();
         Ok(())
     }
+}
+
+/// Runs every check; the first failure.
+fn verify_all(checks: &[ccl_engine::SignatureCheck]) -> Result<(), ccl_engine::EngineError> {
+    checks.iter().try_for_each(|c| c.verify())
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -715,27 +765,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> SResult<()> {
-        let mut e = self.0.engine();
-        let mut side = self.0.side();
-        side.truncate(log_id.index).map_err(log_error)?;
-        let keep = side.last_seqno();
-        drop(side);
-        self.0.durable.fetch_min(keep, Ordering::AcqRel);
-        self.0
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|i, _| *i < log_id.index);
-        if e.last_seqno() > keep {
-            tracing::info!(
-                from = keep + 1,
-                to = e.last_seqno(),
-                "rolling back a conflicting suffix"
-            );
-            e.rollback(keep).map_err(log_error)?;
-            e.take_outbox();
-        }
-        Ok(())
+        self.0.cut_from(log_id.index)
     }
 
     async fn purge(&mut self, _log_id: LogId) -> SResult<()> {
@@ -927,5 +957,84 @@ mod tests {
         let side = SideLog::open(&dir.path().join(RAFT_DIR)).unwrap();
         assert_eq!(side.next_index(), 3);
         assert_eq!(side.last_seqno(), last);
+    }
+
+    /// An append whose replicated signature does not verify (a primary signing with a key
+    /// other than its certificate's) fails and leaves nothing of itself: neither side records
+    /// nor engine entries; the genuine primary's entries are appended after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_whose_signature_does_not_verify_leaves_nothing() {
+        use ccl_engine::identity::Identity;
+        let cfg = || ccl_engine::EngineConfig {
+            presigned_nonces: 0,
+            ..Default::default()
+        };
+        let secret = || ccl_ledger::secrets::LedgerSecret::from_bytes([7u8; 32]);
+        let (pdir, wdir, bdir) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let id = Identity::generate(&["n0".into()]).unwrap();
+        let wrong = Identity {
+            node_key: ccl_crypto::SigningKey::generate(ccl_crypto::Curve::P384).unwrap(),
+            ..id.clone()
+        };
+        let raw = |e: &Engine| -> Vec<serde_bytes::ByteBuf> {
+            (1..=e.last_seqno())
+                .map(|s| serde_bytes::ByteBuf::from(e.handle().raw_entry(s).unwrap()))
+                .collect()
+        };
+        let mut genuine =
+            Engine::create(pdir.path(), cfg(), id.clone(), secret(), |_| Ok(())).unwrap();
+        genuine.finish().unwrap();
+        let mut forged = Engine::create(wdir.path(), cfg(), wrong, secret(), |_| Ok(())).unwrap();
+        forged.finish().unwrap();
+
+        let bkey = ccl_crypto::SigningKey::generate(ccl_crypto::Curve::P384).unwrap();
+        let backup = Identity {
+            node_cert: Identity::endorse_node(
+                &bkey.verifying_key(),
+                &[],
+                &id.service_key,
+                &id.service_cert,
+            )
+            .unwrap(),
+            node_key: bkey,
+            ..id.clone()
+        };
+        let b = Engine::open(
+            bdir.path(),
+            cfg(),
+            backup,
+            ccl_ledger::secrets::LedgerSecrets::new(secret()),
+        )
+        .unwrap();
+        let replica = Arc::new(Replica::open(Arc::new(Mutex::new(b)), bdir.path()).unwrap());
+        let first = replica.side().next_index();
+        let entry = |entries| Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), first),
+            payload: EntryPayload::Normal(Batch {
+                first_seqno: 1,
+                entries,
+            }),
+        };
+        let err = replica
+            .append_entries(vec![entry(raw(&forged))])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("does not verify"), "{err}");
+        assert_eq!(replica.side().next_index(), first);
+        assert_eq!(replica.engine().last_seqno(), 0);
+        assert_eq!(replica.durable_seqno(), 0);
+
+        replica
+            .append_entries(vec![entry(raw(&genuine))])
+            .await
+            .unwrap();
+        assert_eq!(replica.side().next_index(), first + 1);
+        assert_eq!(replica.engine().last_seqno(), genuine.last_seqno());
+        assert_eq!(replica.durable_seqno(), genuine.last_seqno());
+        assert_eq!(replica.engine().root(), genuine.root());
     }
 }

@@ -473,16 +473,19 @@ fn primary_and_backup() -> PrimaryAndBackup {
 
 /// The first seqno up to `last` whose entry writes `map` (public maps only).
 fn first_seqno_writing(e: &Engine, last: u64, map: &str) -> Option<u64> {
-    (1..=last).find(|s| {
-        let raw = e.handle().raw_entry(*s).unwrap();
-        ccl_ledger::entry::Entry::parse(&raw)
-            .unwrap()
-            .0
-            .public_domain()
-            .unwrap()
-            .map_iter()
-            .any(|m| m.unwrap().name == map)
-    })
+    (1..=last).find(|s| writes(e, *s, map))
+}
+
+/// Whether the transaction at `seqno` writes to `map` (public maps).
+fn writes(e: &Engine, seqno: u64, map: &str) -> bool {
+    let raw = e.handle().raw_entry(seqno).unwrap();
+    ccl_ledger::entry::Entry::parse(&raw)
+        .unwrap()
+        .0
+        .public_domain()
+        .unwrap()
+        .map_iter()
+        .any(|m| m.unwrap().name == map)
 }
 
 #[test]
@@ -970,4 +973,70 @@ fn snapshot_evidence_follows_later_transactions_and_backups_match_it() {
         read(dir.path()) == read(bdir.path()),
         "{name} is the same on both"
     );
+}
+
+#[test]
+fn a_signature_check_left_to_the_caller_fails_for_a_wrong_key_and_its_entry_rolls_back() {
+    let (dir, odir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut e, id) = new_engine(dir.path(), cfg());
+    write(&mut e, 0, 5);
+    let last = e.finish().unwrap();
+    // A primary whose certificate the service endorsed, signing with another key.
+    let wrong = Identity {
+        node_key: ccl_crypto::SigningKey::generate(ccl_crypto::Curve::P384).unwrap(),
+        ..id.clone()
+    };
+    let mut forged = Engine::create(
+        odir.path(),
+        cfg(),
+        wrong,
+        LedgerSecret::from_bytes(SECRET),
+        |_| Ok(()),
+    )
+    .unwrap();
+    write(&mut forged, 0, 5);
+    let forged_last = forged.finish().unwrap();
+    let sig = first_seqno_writing(&forged, forged_last, tables::SIGNATURES).expect("it signed");
+    let raw = |e: &Engine, s: u64| e.handle().raw_entry(s).unwrap();
+
+    // Checked at once: refused, nothing applied.
+    let bdir = tempfile::tempdir().unwrap();
+    let mut b = Engine::open(bdir.path(), cfg(), backup_identity(&id), secrets()).unwrap();
+    for s in 1..sig {
+        b.append_replicated(&raw(&forged, s)).unwrap();
+    }
+    let root = b.root();
+    let err = b.append_replicated(&raw(&forged, sig)).unwrap_err();
+    assert!(err.to_string().contains("does not verify"), "{err}");
+    assert_eq!(b.last_seqno(), sig - 1);
+
+    // Left to the caller: applied, its check fails, and rolling it back restores the state.
+    let (txid, check) = b.append_replicated_unverified(&raw(&forged, sig)).unwrap();
+    assert_eq!(txid.seqno, sig);
+    assert_eq!(b.last_seqno(), sig);
+    let check = check.expect("a signature transaction comes with its check");
+    assert_eq!(check.txid(), txid);
+    let err = check.verify().unwrap_err();
+    assert!(err.to_string().contains("does not verify"), "{err}");
+    b.rollback(sig - 1).unwrap();
+    assert_eq!((b.last_seqno(), b.root()), (sig - 1, root));
+
+    // The genuine primary's signatures: each comes with a check that passes; other entries
+    // with none.
+    let b2dir = tempfile::tempdir().unwrap();
+    let mut b2 = Engine::open(b2dir.path(), cfg(), backup_identity(&id), secrets()).unwrap();
+    let mut checked = 0;
+    for s in 1..=last {
+        let (_, check) = b2.append_replicated_unverified(&raw(&e, s)).unwrap();
+        if let Some(c) = check {
+            c.verify().unwrap();
+            checked += 1;
+        }
+    }
+    let signatures = (1..=last)
+        .filter(|s| writes(&e, *s, tables::SIGNATURES))
+        .count();
+    assert!(checked >= 1);
+    assert_eq!(checked, signatures);
+    assert_eq!(b2.root(), e.root());
 }
