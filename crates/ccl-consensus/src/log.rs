@@ -534,6 +534,8 @@ impl Replica {
 
     /// Removes the log from `index` on: its side records, and the engine's entries beyond what
     /// the rest names (a conflicting suffix, or an append that failed).
+    // openraft's own error type, as its storage traits return it.
+    #[allow(clippy::result_large_err)]
     fn cut_from(&self, index: u64) -> SResult<()> {
         let mut e = self.engine();
         let mut side = self.side();
