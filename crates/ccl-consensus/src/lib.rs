@@ -100,11 +100,12 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// A run of consecutive ledger entries, as the primary executed them.
+/// A run of consecutive ledger entries, as the primary executed them. Cloned whenever Raft reads
+/// its log (to replicate, to apply): the entries are shared, not copied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     pub first_seqno: u64,
-    pub entries: Vec<serde_bytes::ByteBuf>,
+    pub entries: std::sync::Arc<Vec<serde_bytes::ByteBuf>>,
 }
 
 impl Batch {

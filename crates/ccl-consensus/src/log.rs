@@ -498,7 +498,7 @@ impl Replica {
         }
         Ok(Arc::new(Batch {
             first_seqno: first,
-            entries,
+            entries: Arc::new(entries),
         }))
     }
 
@@ -611,7 +611,7 @@ impl Replica {
                                 e.rollback(logged).map_err(log_error)?;
                                 e.take_outbox();
                             }
-                            for bytes in &batch.entries {
+                            for bytes in batch.entries.iter() {
                                 let (_, check) =
                                     e.append_replicated_unverified(bytes).map_err(log_error)?;
                                 checks.extend(check);
@@ -1018,7 +1018,7 @@ mod tests {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), first),
             payload: EntryPayload::Normal(Batch {
                 first_seqno: 1,
-                entries,
+                entries: Arc::new(entries),
             }),
         };
         let err = replica

@@ -89,30 +89,32 @@ pub fn round(replica: &Replica, raft: &Raft, term: u64) -> Result<(), String> {
         .proposed
         .store(first + entries.len() as u64 - 1, Ordering::Release);
     // Proposed under the engine lock, so that Raft sees batches in seqno order.
-    let mut batch = Batch {
-        first_seqno: first,
-        entries: Vec::new(),
-    };
+    let mut first_seqno = first;
+    let mut batch = Vec::new();
     let mut bytes = 0;
     for entry in entries {
-        if bytes + entry.len() > MAX_BATCH_BYTES && !batch.entries.is_empty() {
-            let next = batch.last_seqno() + 1;
+        if bytes + entry.len() > MAX_BATCH_BYTES && !batch.is_empty() {
+            let n = batch.len() as u64;
             propose(
                 raft,
-                std::mem::replace(
-                    &mut batch,
-                    Batch {
-                        first_seqno: next,
-                        entries: Vec::new(),
-                    },
-                ),
+                Batch {
+                    first_seqno,
+                    entries: Arc::new(std::mem::take(&mut batch)),
+                },
             )?;
+            first_seqno += n;
             bytes = 0;
         }
         bytes += entry.len();
-        batch.entries.push(serde_bytes::ByteBuf::from(entry));
+        batch.push(serde_bytes::ByteBuf::from(entry));
     }
-    propose(raft, batch)
+    propose(
+        raft,
+        Batch {
+            first_seqno,
+            entries: Arc::new(batch),
+        },
+    )
 }
 
 fn propose(raft: &Raft, batch: Batch) -> Result<(), String> {
