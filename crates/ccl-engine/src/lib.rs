@@ -50,11 +50,17 @@ pub const DEFAULT_SIGNATURE_INTERVAL: Duration = Duration::from_millis(100);
 /// forwarding hop later than those on the primary, and one signature then covers them all
 /// instead of leaving the later ones for the next.
 pub const DEFAULT_SIGNATURE_MIN_INTERVAL: Duration = Duration::from_millis(4);
+/// An early signature waits the whole minimum interval once it covers this many transactions;
+/// covering fewer, it waits that share of it (one transaction: 1/64 of it). The interval
+/// amortizes a signature's cost (two ECDSA signatures on the primary, a check on each backup)
+/// over the transactions it covers; under light load there are few to amortize over and CPU to
+/// spare, and a lone write should not wait for the interval: it commits in one Raft round.
+pub const SIGNATURE_FULL_TXS: u64 = 64;
 /// Default: a snapshot at the first signature after this many transactions (0: never).
 pub const DEFAULT_SNAPSHOT_INTERVAL_TXS: u64 = 100_000;
-/// P-384 nonces an engine keeps precomputed: a signature transaction takes two, and signatures
-/// come at most every `DEFAULT_SIGNATURE_MIN_INTERVAL`, so 16 cover a burst of 8 while the
-/// pool's thread (about 0.17 ms a nonce) refills.
+/// P-384 nonces an engine keeps precomputed: a signature transaction takes two, and early
+/// signatures come at most one per commit (a Raft round, 1.5 ms or more on a network), so 16
+/// cover a burst of 8 while the pool's thread (about 0.17 ms a nonce) refills.
 pub const DEFAULT_PRESIGNED_NONCES: usize = 16;
 
 /// Subdirectories of a node's data directory.
@@ -792,9 +798,16 @@ impl Engine {
             return false;
         }
         let since = now.duration_since(self.last_sig_at);
+        // The minimum interval, for a signature covering fewer than SIGNATURE_FULL_TXS
+        // transactions, scaled down to the share it covers.
+        let floor = self
+            .cfg
+            .signature_min_interval
+            .mul_f64(self.txs_since_sig.min(SIGNATURE_FULL_TXS) as f64 / SIGNATURE_FULL_TXS as f64);
         self.txs_since_sig >= self.cfg.signature_interval_txs
             || since >= self.cfg.signature_interval
-            || (since >= self.cfg.signature_min_interval
+            || (self.cfg.signature_min_interval < self.cfg.signature_interval
+                && since >= floor
                 && self.committed_seqno() >= self.last_sig_seqno
                 && (self.txs_since_sig >= self.last_sig_txs
                     || since >= self.cfg.signature_min_interval * 2))

@@ -1040,3 +1040,60 @@ fn a_signature_check_left_to_the_caller_fails_for_a_wrong_key_and_its_entry_roll
     assert_eq!(checked, signatures);
     assert_eq!(b2.root(), e.root());
 }
+
+/// An early signature waits the whole minimum interval only once it covers
+/// `SIGNATURE_FULL_TXS` transactions; a lone transaction waits 1/64 of it. A minimum interval
+/// of at least the regular one still means no early signature at all.
+#[test]
+fn an_early_signature_covering_few_transactions_waits_that_share_of_the_minimum() {
+    let dir = tempfile::tempdir().unwrap();
+    let min = Duration::from_secs(64);
+    let cfg = EngineConfig {
+        signature_min_interval: min,
+        signature_interval: Duration::from_secs(3600),
+        signature_interval_txs: 1000,
+        ..cfg()
+    };
+    let (mut e, _) = new_engine(dir.path(), cfg.clone());
+    finish_committed(&mut e);
+    let at = |d: Duration| Instant::now() + d;
+    one(&mut e, 0);
+    assert!(
+        !e.signature_due(at(Duration::from_millis(900))),
+        "under 1/64 of it"
+    );
+    assert!(
+        e.signature_due(at(Duration::from_millis(1100))),
+        "one transaction: 1/64"
+    );
+    for i in 1..32 {
+        one(&mut e, i);
+    }
+    assert!(
+        !e.signature_due(at(Duration::from_secs(31))),
+        "32 transactions: half"
+    );
+    assert!(e.signature_due(at(Duration::from_secs(33))));
+    for i in 32..200 {
+        one(&mut e, i);
+    }
+    assert!(
+        !e.signature_due(at(Duration::from_secs(63))),
+        "64 or more: the whole"
+    );
+    assert!(e.signature_due(at(Duration::from_secs(65))));
+
+    // The minimum at the regular interval: never early, however few transactions.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, _) = new_engine(
+        dir.path(),
+        EngineConfig {
+            signature_interval: min,
+            ..cfg
+        },
+    );
+    finish_committed(&mut e);
+    one(&mut e, 0);
+    assert!(!e.signature_due(at(min / 2)));
+    assert!(e.signature_due(at(min + Duration::from_secs(1))));
+}

@@ -33,7 +33,8 @@ pub struct StartArgs {
     #[arg(long)]
     signature_interval_ms: Option<u64>,
     /// ...and sooner, as soon as the previous signature is committed, but no more often than
-    /// this (milliseconds; at least --signature-interval-ms: never early). [default: 4]
+    /// this (milliseconds; at least --signature-interval-ms: never early; a signature covering
+    /// fewer than 64 transactions waits that share of it). [default: 4]
     #[arg(long)]
     signature_min_interval_ms: Option<u64>,
     /// A snapshot after this many transactions (0: never). [default: 100000]
