@@ -311,14 +311,9 @@ impl Replica {
             }
             let logged = side.last_seqno();
             let pending_genesis = side.records.is_empty() && side.base.is_none();
-            if !pending_genesis && e.last_seqno() > logged {
-                tracing::info!(
-                    from = logged + 1,
-                    to = e.last_seqno(),
-                    "rolling back entries never handed to consensus"
-                );
-                e.rollback(logged).map_err(std::io::Error::other)?;
-                e.take_outbox();
+            if !pending_genesis {
+                roll_back_beyond(&mut e, logged, "entries never handed to consensus")
+                    .map_err(std::io::Error::other)?;
             }
             if pending_genesis && e.last_seqno() > 0 && !e.outbox_follows(0) {
                 e.requeue_after(0).map_err(std::io::Error::other)?;
@@ -552,16 +547,7 @@ impl Replica {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|i, _| *i < index);
-        if e.last_seqno() > keep {
-            tracing::info!(
-                from = keep + 1,
-                to = e.last_seqno(),
-                "rolling back a conflicting suffix"
-            );
-            e.rollback(keep).map_err(log_error)?;
-            e.take_outbox();
-        }
-        Ok(())
+        roll_back_beyond(&mut e, keep, "a conflicting suffix").map_err(log_error)
     }
 
     /// Writes `entries` (in order, from the next index) to the engine and the side log, durably.
@@ -602,15 +588,8 @@ impl Replica {
                             && e.view() == term
                             && e.last_seqno() >= last;
                         if !ours {
-                            if e.last_seqno() > logged {
-                                tracing::info!(
-                                    from = logged + 1,
-                                    to = e.last_seqno(),
-                                    "rolling back an uncommitted suffix"
-                                );
-                                e.rollback(logged).map_err(log_error)?;
-                                e.take_outbox();
-                            }
+                            roll_back_beyond(&mut e, logged, "an uncommitted suffix")
+                                .map_err(log_error)?;
                             for bytes in batch.entries.iter() {
                                 let (_, check) =
                                     e.append_replicated_unverified(bytes).map_err(log_error)?;
@@ -665,6 +644,17 @@ impl Replica {
         self.wake.notify_one();
         Ok(())
     }
+}
+
+/// Rolls the engine back to `keep` if it holds entries beyond it (`what` they are, for the log),
+/// and drops them from what the proposer would hand Raft.
+fn roll_back_beyond(e: &mut Engine, keep: u64, what: &str) -> Result<(), ccl_engine::EngineError> {
+    if e.last_seqno() > keep {
+        tracing::info!(from = keep + 1, to = e.last_seqno(), "rolling back {what}");
+        e.rollback(keep)?;
+        e.take_outbox();
+    }
+    Ok(())
 }
 
 /// Runs every check; the first failure.
