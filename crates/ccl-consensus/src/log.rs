@@ -528,10 +528,11 @@ impl Replica {
     }
 
     /// Removes the log from `index` on: its side records, and the engine's entries beyond what
-    /// the rest names (a conflicting suffix, or an append that failed).
+    /// the rest names (`what` they are, for the log: a conflicting suffix, an append that
+    /// failed).
     // openraft's own error type, as its storage traits return it.
     #[allow(clippy::result_large_err)]
-    fn cut_from(&self, index: u64) -> SResult<()> {
+    fn cut_from(&self, index: u64, what: &str) -> SResult<()> {
         let mut e = self.engine();
         let mut side = self.side();
         side.truncate(index).map_err(log_error)?;
@@ -547,7 +548,7 @@ impl Replica {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|i, _| *i < index);
-        roll_back_beyond(&mut e, keep, "a conflicting suffix").map_err(log_error)
+        roll_back_beyond(&mut e, keep, what).map_err(log_error)
     }
 
     /// Writes `entries` (in order, from the next index) to the engine and the side log, durably.
@@ -636,7 +637,7 @@ impl Replica {
         if let Err(e) = verified {
             // Nothing of this append is acknowledged: its records and entries go again.
             tracing::error!(error = %e, "a replicated signature does not verify");
-            self.cut_from(first)?;
+            self.cut_from(first, "an append whose signature does not verify")?;
             return Err(log_error(e));
         }
         self.durable.store(appended, Ordering::Release);
@@ -757,7 +758,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> SResult<()> {
-        self.0.cut_from(log_id.index)
+        self.0.cut_from(log_id.index, "a conflicting suffix")
     }
 
     async fn purge(&mut self, _log_id: LogId) -> SResult<()> {
