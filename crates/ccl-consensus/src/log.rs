@@ -984,22 +984,10 @@ mod tests {
         let mut forged = Engine::create(wdir.path(), cfg(), wrong, secret(), |_| Ok(())).unwrap();
         forged.finish().unwrap();
 
-        let bkey = ccl_crypto::SigningKey::generate(ccl_crypto::Curve::P384).unwrap();
-        let backup = Identity {
-            node_cert: Identity::endorse_node(
-                &bkey.verifying_key(),
-                &[],
-                &id.service_key,
-                &id.service_cert,
-            )
-            .unwrap(),
-            node_key: bkey,
-            ..id.clone()
-        };
         let b = Engine::open(
             bdir.path(),
             cfg(),
-            backup,
+            id.new_node(&[]).unwrap(),
             ccl_ledger::secrets::LedgerSecrets::new(secret()),
         )
         .unwrap();

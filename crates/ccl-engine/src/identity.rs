@@ -55,6 +55,20 @@ impl Identity {
                 kind: CertKind::Ca,
             },
         )?;
+        Self::node_of(service_key, service_cert, names)
+    }
+
+    /// Another node of this identity's service: a key of its own, endorsed by the service, with
+    /// `names` in its certificate.
+    pub fn new_node(&self, names: &[String]) -> ccl_crypto::Result<Self> {
+        Self::node_of(self.service_key.clone(), self.service_cert.clone(), names)
+    }
+
+    fn node_of(
+        service_key: SigningKey,
+        service_cert: Certificate,
+        names: &[String],
+    ) -> ccl_crypto::Result<Self> {
         let node_key = SigningKey::generate(Curve::P384)?;
         let node_cert = Self::endorse_node(
             &node_key.verifying_key(),

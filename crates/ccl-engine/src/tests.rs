@@ -427,19 +427,7 @@ fn rekey_tx(e: &mut Engine, nodes: &[&Identity], secret: &[u8; 32]) -> u64 {
 
 /// A backup of the same service (its own node key, endorsed by the service).
 fn backup_identity(id: &Identity) -> Identity {
-    let bkey = ccl_crypto::SigningKey::generate(ccl_crypto::Curve::P384).unwrap();
-    Identity {
-        node_cert: Identity::endorse_node(
-            &bkey.verifying_key(),
-            &[],
-            &id.service_key,
-            &id.service_cert,
-        )
-        .unwrap(),
-        node_key: bkey,
-        service_key: id.service_key.clone(),
-        service_cert: id.service_cert.clone(),
-    }
+    id.new_node(&[]).unwrap()
 }
 
 /// A primary and an empty backup of it, snapshotting every 20 transactions.
@@ -635,18 +623,10 @@ fn a_backup_refuses_signatures_by_a_node_the_service_did_not_endorse() {
     // An impostor primary: the same service certificate in its genesis, the same ledger secret,
     // but a node certificate endorsed by another service's key.
     let other = Identity::generate(&["localhost".into()]).unwrap();
-    let key = ccl_crypto::SigningKey::generate(ccl_crypto::Curve::P384).unwrap();
     let impostor = Identity {
-        node_cert: Identity::endorse_node(
-            &key.verifying_key(),
-            &[],
-            &other.service_key,
-            &other.service_cert,
-        )
-        .unwrap(),
-        node_key: key,
         service_key: id.service_key.clone(),
         service_cert: id.service_cert.clone(),
+        ..other.new_node(&[]).unwrap()
     };
     let mut forged = Engine::create(
         odir.path(),
