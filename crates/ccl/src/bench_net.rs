@@ -309,17 +309,12 @@ fn percentile_ms(l: &mut [Duration], p: f64) -> f64 {
 
 impl RunResult {
     fn from_latencies(mut l: Vec<Duration>, elapsed: Duration) -> RunResult {
-        l.sort();
-        let pct = |p: f64| {
-            l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
-                .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-        };
         RunResult {
             count: l.len(),
             per_sec: l.len() as f64 / elapsed.as_secs_f64(),
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
-            p999_ms: pct(0.999),
+            p50_ms: percentile_ms(&mut l, 0.50),
+            p99_ms: percentile_ms(&mut l, 0.99),
+            p999_ms: percentile_ms(&mut l, 0.999),
             errors: 0,
             unconfirmed: 0,
             sampled: 0,
